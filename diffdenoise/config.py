@@ -1,0 +1,242 @@
+"""Typed configuration: schema defaults, then YAML files, then dotted CLI overrides.
+
+``load(["configs/tiny.yaml"], ["model.channels=32"])`` returns a read-only OmegaConf
+object whose keys are exactly those of :class:`Config`. Unknown keys and values of the
+wrong type are rejected with a one-line :class:`ConfigError` that names the key, where it
+came from, and the valid keys of its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user in one line."""
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "shards/demo/train-*.tar"
+    val_shards: str = "shards/demo/val-*.tar"
+    noise_shards: str = ""
+    sample_rate: int = 16000
+    segment: int = 16000
+    num_workers: int = 1
+    shuffle_buffer: int = 256
+    val_segment: int = 0
+    val_max_samples: int = 0
+
+
+@dataclass
+class NoiseConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"gaussian": 1.0})
+    snr_min: float = 0.0
+    snr_max: float = 20.0
+    gain_min_db: float = 0.0
+    gain_max_db: float = 0.0
+    timestep: str = "random"
+    timesteps: int = 1000
+    infer_timestep: int = 0
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 4
+    channels: int = 32
+    growth: float = 2.0
+    max_channels: int = 512
+    kernel_size: int = 8
+    stride: int = 4
+    widths: list[int] = field(default_factory=list)
+    kernel_sizes: list[int] = field(default_factory=list)
+    strides: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    skips: bool = True
+    skip_mode: str = "add"
+    output: str = "residual"
+    normalize: bool = True
+    time_dim: int = 64
+
+
+@dataclass
+class LossConfig:
+    resolutions: list[list[int]] = field(
+        default_factory=lambda: [[512, 128, 512], [1024, 256, 1024], [256, 64, 256]]
+    )
+    stft_weight: float = 1.0
+    l1_weight: float = 1.0
+    sc_weight: float = 1.0
+    mag_weight: float = 1.0
+    phase_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.999
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_pct: float = 0.05
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1000.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_epochs: int = 0
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    val_every: int = 200
+    mixed_precision: str = "no"
+    compile: bool = False
+    seed: int = 0
+    resume: str = ""
+    run_name: str = ""
+    runs_dir: str = "runs"
+    max_bad_steps: int = 20
+    val_metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LogConfig:
+    wandb_mode: str = "offline"
+    project: str = "diffdenoise"
+    entity: str = ""
+    every: int = 10
+    media_every: int = 5
+    media_samples: int = 2
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500
+    keep_last: int = 2
+    keep_best_copies: int = 3
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+CHOICES = {
+    "noise.timestep": ("random", "zero"),
+    "model.skip_mode": ("add", "concat"),
+    "model.output": ("direct", "residual", "mask"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "log.wandb_mode": ("offline", "online", "disabled"),
+}
+NOISE_TYPES = ("gaussian", "pink", "brown", "corpus")
+
+
+def _check_keys(node: Any, schema: type, prefix: str, source: str) -> None:
+    """Reject keys the schema does not define, naming the valid ones of that group."""
+    if not isinstance(node, dict):
+        return
+    valid = {f.name: f for f in fields(schema)}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if key not in valid:
+            group = prefix.rstrip(".") or "top level"
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}'; valid keys of {group}: "
+                + ", ".join(sorted(valid))
+            )
+        sub = valid[key].default_factory  # type: ignore[misc]
+        if callable(sub):
+            sample = sub()
+            if is_dataclass(sample):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: '{dotted}' must be a group of keys")
+                _check_keys(value, type(sample), f"{dotted}.", source)
+
+
+def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    _check_keys(OmegaConf.to_container(layer), Config, "", source)
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+
+
+def _validate(cfg: DictConfig) -> None:
+    for dotted, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, dotted)
+        if value not in allowed:
+            raise ConfigError(f"'{dotted}' is {value!r}; choose one of {', '.join(allowed)}")
+    for name in cfg.noise.weights:
+        if name not in NOISE_TYPES:
+            raise ConfigError(
+                f"'noise.weights.{name}' is not a noise type; choose from {', '.join(NOISE_TYPES)}"
+            )
+    if cfg.noise.snr_min > cfg.noise.snr_max:
+        raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")
+    for key in ("widths", "kernel_sizes", "strides"):
+        values = cfg.model[key]
+        if len(values) not in (0, cfg.model.depth):
+            raise ConfigError(
+                f"'model.{key}' has {len(values)} entries; it must be empty or have "
+                f"model.depth={cfg.model.depth}"
+            )
+
+
+def load(files: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()) -> DictConfig:
+    """Build a config: schema defaults, then each YAML file in order, then dotted overrides."""
+    cfg = OmegaConf.structured(Config)
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if layer is None or not isinstance(layer, DictConfig):
+            layer = OmegaConf.create({})
+        cfg = _merge(cfg, layer, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. model.channels=32")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python data (safe for ``weights_only`` checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_plain(data: dict) -> DictConfig:
+    """Rebuild a validated config from :func:`to_plain` output, e.g. from a checkpoint."""
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(data), "checkpoint config")
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

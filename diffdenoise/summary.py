@@ -1,0 +1,39 @@
+"""``python -m diffdenoise.summary CONFIG...``: parameters and compute of each config's model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffdenoise import config
+from diffdenoise.model import build_model, count_parameters, gflops_per_second
+
+
+def describe(path: str) -> str:
+    cfg = config.load([path])
+    model = build_model(cfg.model)
+    rate = cfg.data.sample_rate
+    gflops = gflops_per_second(model, rate)
+    kind = "U-Net" if cfg.model.skips else "plain"
+    return (
+        f"{Path(path).name:<14} {kind:<6} {count_parameters(model) / 1e6:7.2f} M params "
+        f"{gflops:7.2f} GFLOP per audio-second at {rate} Hz"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("configs", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        for path in args.configs:
+            print(describe(path))
+    except config.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

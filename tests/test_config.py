@@ -1,0 +1,71 @@
+import pytest
+
+from diffdenoise import config
+from diffdenoise.config import ConfigError
+
+
+def test_layers_apply_in_order(tmp_path):
+    first = tmp_path / "a.yaml"
+    first.write_text("model:\n  channels: 8\n  depth: 2\noptim:\n  lr: 0.5\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("model:\n  channels: 12\n")
+    cfg = config.load([first, second], ["optim.lr=3e-4"])
+    assert cfg.model.channels == 12  # the later file wins
+    assert cfg.model.depth == 2  # untouched keys survive from the earlier file
+    assert cfg.optim.lr == pytest.approx(3e-4)  # overrides win over files
+    assert cfg.train.batch_size == config.TrainConfig.batch_size  # schema default
+
+
+def test_unknown_key_names_key_and_lists_group(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  chanels: 8\n")
+    with pytest.raises(ConfigError) as err:
+        config.load([bad])
+    msg = str(err.value)
+    assert "model.chanels" in msg and str(bad) in msg
+    assert "channels" in msg and "depth" in msg and "skips" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_group_in_override():
+    with pytest.raises(ConfigError, match="unknown key 'optimizer'.*optim"):
+        config.load([], ["optimizer.lr=1"])
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"model\.channels.*'abc'"):
+        config.load([], ["model.channels=abc"])
+    with pytest.raises(ConfigError, match=r"model\.skips"):
+        config.load([], ["model.skips=maybe"])
+
+
+def test_bad_choice_lists_options():
+    with pytest.raises(ConfigError, match="train.mixed_precision.*no, fp16, bf16"):
+        config.load([], ["train.mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match="noise.weights.violet"):
+        config.load([], ["noise.weights.violet=1"])
+
+
+def test_per_level_lists_must_match_depth():
+    with pytest.raises(ConfigError, match="model.widths"):
+        config.load([], ["model.depth=3", "model.widths=[8,16]"])
+
+
+def test_missing_file_and_bad_override_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        config.load([tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="key=value"):
+        config.load([], ["model.channels"])
+
+
+def test_plain_round_trip():
+    cfg = config.load([], ["model.channels=24"])
+    plain = config.to_plain(cfg)
+    assert isinstance(plain, dict) and plain["model"]["channels"] == 24
+    assert config.from_plain(plain) == cfg
+
+
+def test_config_is_read_only():
+    cfg = config.load()
+    with pytest.raises(Exception, match="read-only"):
+        cfg.model.channels = 3

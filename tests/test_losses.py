@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from diffdenoise.losses import STFT, DenoiseLoss, MultiResolutionSTFTLoss, STFTLoss
+
+RES = [(256, 64, 256), (512, 128, 512)]
+
+
+def speechlike(batch=2, n=8000):
+    t = torch.arange(n) / 16000
+    x = torch.sin(2 * torch.pi * 220 * t) * torch.sin(2 * torch.pi * 3 * t)
+    return (x + 0.3 * torch.sin(2 * torch.pi * 1330 * t)).expand(batch, 1, n).clone()
+
+
+def test_stft_shape_and_short_input():
+    spec = STFT(512, 128)(torch.randn(3, 1, 1000))
+    assert spec.shape == (3, 257, 1000 // 128 + 1) and spec.is_complex()
+    assert STFT(512, 128)(torch.randn(2, 1, 10)).shape[-1] == 1  # shorter than n_fft: padded
+
+
+def test_zero_on_identical():
+    loss = DenoiseLoss(RES)
+    x = speechlike()
+    total, parts = loss(x, x)
+    assert total.item() == pytest.approx(0.0, abs=1e-4)
+    for name in ("stft_sc", "stft_mag", "stft_phase", "stft", "l1", "total"):
+        assert parts[name].item() == pytest.approx(0.0, abs=1e-4), name
+
+
+def test_grows_with_noise():
+    torch.manual_seed(0)
+    loss = DenoiseLoss(RES)
+    x = speechlike()
+    noise = torch.randn_like(x)
+    values = [loss(x + s * noise, x)[0].item() for s in (0.01, 0.1, 0.5)]
+    assert 0 < values[0] < values[1] < values[2]
+
+
+def test_phase_term_zero_for_matching_phase_and_positive_for_shift():
+    loss = STFTLoss(512, 128)
+    x = speechlike()
+    _, same_phase = loss(2.0 * x, x)  # louder, same phase
+    assert same_phase["phase"].item() == pytest.approx(0.0, abs=1e-4)
+    assert same_phase["sc"].item() > 0.5
+    _, flipped = loss(-x, x)  # opposite phase everywhere: 1 - cos(pi) = 2
+    assert flipped["phase"].item() == pytest.approx(2.0, rel=1e-3)
+
+
+def test_phase_ignores_near_silent_bins():
+    loss = STFTLoss(256, 64)
+    x = speechlike(1, 4000)
+    whisper = 1e-6 * torch.randn_like(x)
+    _, parts = loss(x + whisper, x)
+    assert parts["phase"].item() < 1e-3
+
+
+def test_finite_gradients_at_silence():
+    loss = DenoiseLoss(RES)
+    est = torch.zeros(2, 1, 4000, requires_grad=True)
+    total, _ = loss(est, torch.zeros(2, 1, 4000))
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(est.grad).all()
+
+
+def test_batch_items_are_independent_of_batching():
+    torch.manual_seed(0)
+    loss = MultiResolutionSTFTLoss(RES)
+    x = speechlike(3)
+    est = x + 0.1 * torch.randn_like(x)
+    per_item = torch.stack([loss(est[i : i + 1], x[i : i + 1])[1]["phase"] for i in range(3)])
+    _, batched = loss(est, x)
+    assert batched["phase"].item() == pytest.approx(per_item.mean().item(), rel=0.05)
+
+
+def test_shorter_than_largest_fft_is_padded_not_an_error():
+    loss = DenoiseLoss([(2048, 512, 2048)])
+    x = torch.randn(2, 1, 300)
+    total, _ = loss(x + 0.1, x)
+    assert torch.isfinite(total) and total > 0
+
+
+def test_shape_mismatch_is_clear():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        DenoiseLoss(RES)(torch.zeros(1, 1, 100), torch.zeros(1, 1, 99))
