@@ -8,7 +8,11 @@ ARGS ?=
 CLEAN_DIR ?=
 NOISE_DIR ?=
 NAME ?=
+NOISY_DIR ?=
+SAMPLE_RATE ?= 16000
+SHARD_ARGS ?=
 DEMO_DIR := demo
+DEMO_MINUTES ?= 10
 
 .PHONY: install test test-fast lint format demo shards train infer eval bench quality clean
 
@@ -36,6 +40,20 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m diffdenoise.summary configs/*.yaml
+
+shards: $(STAMP)
+ifeq ($(CLEAN_DIR),)
+	$(PY) -m diffdenoise.demo_data $(DEMO_DIR)/gt_audio --minutes $(DEMO_MINUTES) --seed 0
+	$(PY) -m diffdenoise.shard $(DEMO_DIR)/gt_audio --name demo --sample-rate $(SAMPLE_RATE) \
+		--val-fraction 0.1 --max-seconds 4 --shard-mb 2 --workers 2 $(SHARD_ARGS)
+else
+	$(PY) -m diffdenoise.shard $(CLEAN_DIR) --name $(or $(NAME),$(notdir $(CLEAN_DIR:/=))) \
+		--sample-rate $(SAMPLE_RATE) $(if $(NOISY_DIR),--noisy-dir $(NOISY_DIR)) $(SHARD_ARGS)
+endif
+ifneq ($(NOISE_DIR),)
+	$(PY) -m diffdenoise.shard $(NOISE_DIR) --kind noise --name $(or $(NAME),$(notdir $(CLEAN_DIR:/=)),demo)_noise \
+		--sample-rate $(SAMPLE_RATE) $(SHARD_ARGS)
+endif
 
 clean:
 	rm -rf $(DEMO_DIR) runs shards/*/ bench/results.json .pytest_cache

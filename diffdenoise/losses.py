@@ -52,8 +52,9 @@ class STFTLoss(nn.Module):
     match, and weighted by magnitude so phase in near-silent bins does not dominate.
     """
 
-    def __init__(self, n_fft=1024, hop=256, win_length=None, sc_weight=1.0, mag_weight=1.0,
-                 phase_weight=1.0):  # fmt: skip
+    def __init__(
+        self, n_fft=1024, hop=256, win_length=None, sc_weight=1.0, mag_weight=1.0, phase_weight=1.0
+    ):
         super().__init__()
         self.stft = STFT(n_fft, hop, win_length)
         self.sc_weight, self.mag_weight, self.phase_weight = sc_weight, mag_weight, phase_weight
@@ -99,8 +100,15 @@ class MultiResolutionSTFTLoss(nn.Module):
 class DenoiseLoss(nn.Module):
     """``stft_weight * MR-STFT + l1_weight * L1``; the seed recipe uses one STFT resolution."""
 
-    def __init__(self, resolutions, stft_weight=1.0, l1_weight=1.0, sc_weight=1.0,
-                 mag_weight=1.0, phase_weight=1.0):  # fmt: skip
+    def __init__(
+        self,
+        resolutions,
+        stft_weight=1.0,
+        l1_weight=1.0,
+        sc_weight=1.0,
+        mag_weight=1.0,
+        phase_weight=1.0,
+    ):
         super().__init__()
         self.stft = MultiResolutionSTFTLoss(resolutions, sc_weight, mag_weight, phase_weight)
         self.stft_weight, self.l1_weight = stft_weight, l1_weight

@@ -1,0 +1,399 @@
+"""``python -m diffdenoise.shard``: pack an audio folder into WebDataset tar shards.
+
+    python -m diffdenoise.shard gt_audio/ --name speech --sample-rate 16000
+    python -m diffdenoise.shard noises/ --name noise --kind noise
+    python -m diffdenoise.shard gt_audio/ --noisy-dir gl_audio/ --name pairs
+    python -m diffdenoise.shard corpus/ --name big --part 3/16    # one slice of a job array
+    python -m diffdenoise.shard merge shards/big                  # one manifest over parts
+
+Writes ``OUT/NAME/{train,val}-NNNNNN.tar`` (``{split}-pIIIII-NNNNNN.tar`` for a part) and
+``manifest.json``. Each sample holds ``flac`` (mono, 16-bit) or ``wav`` (float) audio,
+``noisy.flac`` in paired mode, and a ``json`` record of where the audio came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from diffdenoise import audio
+
+SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Options:
+    sample_rate: int = 16000
+    max_seconds: float = 10.0
+    min_seconds: float = 0.5
+    fmt: str = "flac"
+    kind: str = "clean"
+
+
+@dataclass
+class FileResult:
+    """What one source file became: samples ``(key, {ext: bytes})`` or a skip reason."""
+
+    rel: str
+    split: str
+    samples: list = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str = ""
+
+
+def split_of(rel: str, val_fraction: float) -> str:
+    """Deterministic split by a hash of the relative path, so chunks never straddle it."""
+    u = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) / 2**32
+    return "val" if u < val_fraction else "train"
+
+
+def walk(root: Path) -> tuple[list[str], list[dict]]:
+    """Sorted relative paths of audio files, and skips for unreadable folders/other files."""
+    files, skipped = [], []
+
+    def on_error(err: OSError) -> None:
+        skipped.append({"path": err.filename, "reason": f"unreadable folder ({err.strerror})"})
+
+    for dirpath, dirnames, names in os.walk(root, onerror=on_error):
+        dirnames.sort()
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            if name.lower().endswith(audio.AUDIO_EXTENSIONS):
+                files.append(rel)
+            else:
+                skipped.append({"path": rel, "reason": "not an audio file extension"})
+    return sorted(files), skipped
+
+
+def find_partner(rel: str, noisy_root: Path) -> Path | None:
+    """The noisy file for a clean ``rel``: the original's ``noisy_<name>`` or the same path."""
+    head, name = os.path.split(rel)
+    for candidate in (os.path.join(head, f"noisy_{name}"), rel):
+        if (noisy_root / candidate).is_file():
+            return noisy_root / candidate
+    return None
+
+
+def load_mono(path: Path, rate: int) -> tuple[np.ndarray, int, int]:
+    """Decode, downmix and resample; returns mono audio, original rate and channels."""
+    data, orig_rate = audio.read(path)
+    if data.shape[1] == 0:
+        raise audio.AudioError("zero-length audio (no samples)")
+    mono = audio.resample(audio.to_mono(data), orig_rate, rate)
+    return mono, orig_rate, data.shape[0]
+
+
+def process(job: tuple[str, Path, Path | None, Options, str]) -> FileResult:
+    """Turn one source file (and its noisy partner) into encoded chunks."""
+    rel, root, noisy_root, opt, split = job
+    result = FileResult(rel, split)
+    try:
+        clean, orig_rate, channels = load_mono(root / rel, opt.sample_rate)
+        noisy = None
+        if noisy_root is not None:
+            noisy = _load_partner(rel, noisy_root, orig_rate, clean.shape[0], opt.sample_rate)
+    except (audio.AudioError, OSError) as err:
+        result.skipped = str(err)
+        return result
+    seconds = clean.shape[0] / opt.sample_rate
+    if seconds < opt.min_seconds:
+        result.skipped = f"shorter than --min-seconds ({seconds:.3f} s < {opt.min_seconds} s)"
+        return result
+    if np.abs(clean).max() < SILENT_PEAK:
+        result.skipped = "all-silent audio"
+        return result
+    peak = max(np.abs(clean).max(), np.abs(noisy).max() if noisy is not None else 0.0)
+    gain = 0.99 / peak if peak > 0.99 else 1.0  # resampling can overshoot; FLAC clips at 1
+    n_chunks = int(np.ceil(seconds / opt.max_seconds))
+    bounds = np.linspace(0, clean.shape[0], n_chunks + 1).astype(int)
+    digest = hashlib.sha1(rel.encode()).hexdigest()[:16]
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        meta = {
+            "source": rel,
+            "orig_rate": orig_rate,
+            "orig_channels": channels,
+            "offset": a / opt.sample_rate,
+            "duration": (b - a) / opt.sample_rate,
+            "sample_rate": opt.sample_rate,
+            "gain": gain,
+            "kind": opt.kind,
+        }
+        entry = {opt.fmt: audio.encode(gain * clean[a:b], opt.sample_rate, opt.fmt)}
+        if noisy is not None:
+            entry[f"noisy.{opt.fmt}"] = audio.encode(gain * noisy[a:b], opt.sample_rate, opt.fmt)
+        entry["json"] = json.dumps(meta, sort_keys=True).encode()
+        result.samples.append((f"{digest}_{i:04d}", entry))
+    result.seconds = seconds
+    return result
+
+
+def _load_partner(rel: str, noisy_root: Path, rate: int, length: int, target: int) -> np.ndarray:
+    path = find_partner(rel, noisy_root)
+    if path is None:
+        raise audio.AudioError(f"no noisy partner (noisy_<name> or same path) in {noisy_root}")
+    noisy, noisy_rate, _ = load_mono(path, target)
+    if noisy_rate != rate or noisy.shape[0] != length:
+        raise audio.AudioError(
+            f"pair mismatch with {path}: {rate} Hz / {length} samples vs "
+            f"{noisy_rate} Hz / {noisy.shape[0]} samples"
+        )
+    return noisy
+
+
+class ShardSink:
+    """Writes samples into size-capped tar shards, each under a temp name until complete."""
+
+    def __init__(self, out: Path, prefix: str, shard_bytes: int, rate: int):
+        self.out, self.prefix, self.shard_bytes, self.rate = out, prefix, shard_bytes, rate
+        self.shards: list[dict] = []
+        self.tar = None
+
+    def add(self, key: str, entry: dict, seconds: float) -> None:
+        if self.tar is None:
+            self._open()
+        for ext, data in entry.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uname = info.gname = "diffdenoise"
+            self.tar.addfile(info, _BytesReader(data))
+        self.current["samples"] += 1
+        self.current["seconds"] += seconds
+        if self.fileobj.tell() >= self.shard_bytes:
+            self.close()
+
+    def _open(self) -> None:
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self.tmp = self.out / f".{name}.tmp"
+        self.fileobj = open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.fileobj, mode="w", format=tarfile.USTAR_FORMAT)
+        self.current = {"file": name, "samples": 0, "seconds": 0.0}
+
+    def close(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        self.fileobj.flush()
+        os.fsync(self.fileobj.fileno())
+        self.fileobj.close()
+        self.current["seconds"] = round(self.current["seconds"], 6)
+        self.current["sha256"] = _sha256(self.tmp)
+        self.current["bytes"] = self.tmp.stat().st_size
+        os.replace(self.tmp, self.out / self.current["file"])
+        self.shards.append(self.current)
+        self.tar = None
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.pos + n
+        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
+        return chunk
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pack(args: argparse.Namespace) -> dict:
+    """Shard ``args.input`` (or one ``--part`` of it) and write its manifest."""
+    root = Path(args.input)
+    if not root.is_dir():
+        raise SystemExit(f"error: {root}: input folder not found")
+    noisy_root = Path(args.noisy_dir) if args.noisy_dir else None
+    if noisy_root is not None and not noisy_root.is_dir():
+        raise SystemExit(f"error: {noisy_root}: noisy folder not found")
+    part, parts = _parse_part(args.part)
+    out = Path(args.out) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    files, skipped = walk(root)
+    if noisy_root is not None:
+        files = [f for f in files if not os.path.basename(f).startswith("noisy_")]
+    files = files[part * len(files) // parts : (part + 1) * len(files) // parts]
+    opt = Options(args.sample_rate, args.max_seconds, args.min_seconds, args.format, args.kind)
+    tag = f"-p{part:05d}" if parts > 1 else ""
+    sinks = {
+        s: ShardSink(out, f"{s}{tag}", int(args.shard_mb * 1e6), opt.sample_rate)
+        for s in ("train", "val")
+    }
+    jobs = [(rel, root, noisy_root, opt, split_of(rel, args.val_fraction)) for rel in files]
+    hours = 0.0
+    with _pool(args.workers) as pool, tqdm(total=len(jobs), unit="file", desc=args.name) as bar:
+        results = pool.imap(process, jobs, chunksize=1) if pool else map(process, jobs)
+        for res in results:
+            if res.skipped:
+                skipped.append({"path": res.rel, "reason": res.skipped})
+                tqdm.write(f"skipped {root / res.rel}: {res.skipped}", file=sys.stderr)
+            for key, entry in res.samples:
+                meta = json.loads(entry["json"])
+                sinks[res.split].add(key, entry, meta["duration"])
+            hours += res.seconds / 3600
+            bar.set_postfix(audio_h=f"{hours:.2f}")
+            bar.update()
+    for sink in sinks.values():
+        sink.close()
+    manifest = _manifest(args, sinks, skipped, len(files), part, parts)
+    _remove_stale(out, f"{tag}-", manifest)
+    name = MANIFEST if parts == 1 else f"manifest.part-{part:05d}-of-{parts:05d}.json"
+    write_json_atomic(out / name, manifest)
+    return manifest
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        from contextlib import nullcontext
+
+        return nullcontext(None)
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+
+
+def _parse_part(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise SystemExit(f"error: --part {text!r} must be I/N with 0 <= I < N") from None
+    return i, n
+
+
+def _manifest(args, sinks, skipped, n_files, part, parts) -> dict:
+    splits = {}
+    for name, sink in sinks.items():
+        splits[name] = {
+            "samples": sum(s["samples"] for s in sink.shards),
+            "seconds": round(sum(s["seconds"] for s in sink.shards), 3),
+            "shards": sink.shards,
+        }
+    return {
+        "name": args.name,
+        "kind": "paired" if args.noisy_dir else args.kind,
+        "sample_rate": args.sample_rate,
+        "format": args.format,
+        "files": n_files,
+        "skipped": skipped,
+        "splits": splits,
+        "part": f"{part}/{parts}",
+        "command": shlex.join(["python", "-m", "diffdenoise.shard", *args.argv]),
+    }
+
+
+def _remove_stale(out: Path, tag: str, manifest: dict) -> None:
+    """Drop shards of this part left by an earlier, larger run of the same command."""
+    keep = {s["file"] for sp in manifest["splits"].values() for s in sp["shards"]}
+    for split in manifest["splits"]:
+        for path in out.glob(f"{split}{tag}[0-9]*.tar"):
+            if path.name not in keep:
+                path.unlink()
+    for tmp in out.glob(".*.tar.tmp"):
+        tmp.unlink()
+
+
+def merge(out: Path) -> dict:
+    """Combine ``manifest.part-*.json`` into one ``manifest.json``."""
+    parts = sorted(out.glob("manifest.part-*.json"))
+    if not parts:
+        raise SystemExit(f"error: {out}: no manifest.part-*.json to merge")
+    loaded = [json.loads(p.read_text()) for p in parts]
+    expected = int(loaded[0]["part"].split("/")[1])
+    if len(loaded) != expected:
+        raise SystemExit(f"error: {out}: found {len(loaded)} of {expected} part manifests")
+    merged = {k: loaded[0][k] for k in ("name", "kind", "sample_rate", "format")}
+    merged["files"] = sum(m["files"] for m in loaded)
+    merged["skipped"] = [s for m in loaded for s in m["skipped"]]
+    merged["splits"] = {}
+    for split in ("train", "val"):
+        shards = [s for m in loaded for s in m["splits"][split]["shards"]]
+        merged["splits"][split] = {
+            "samples": sum(s["samples"] for s in shards),
+            "seconds": round(sum(s["seconds"] for s in shards), 3),
+            "shards": shards,
+        }
+    merged["part"] = f"merged {expected}"
+    merged["command"] = [m["command"] for m in loaded] + [
+        f"python -m diffdenoise.shard merge {out}"
+    ]
+    write_json_atomic(out / MANIFEST, merged)
+    return merged
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m diffdenoise.shard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="folder of audio, walked recursively")
+    p.add_argument("--name", help="output name (default: the input folder's name)")
+    p.add_argument("--out", default="shards", help="parent folder of the output")
+    p.add_argument("--kind", choices=("clean", "noise"), default="clean")
+    p.add_argument("--noisy-dir", help="paired mode: folder of noisy versions")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--max-seconds", type=float, default=10.0, help="longest chunk")
+    p.add_argument("--min-seconds", type=float, default=0.5, help="skip shorter files")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--shard-mb", type=float, default=256.0, help="target shard size")
+    p.add_argument("--format", choices=("flac", "wav"), default="flac")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--part", default="0/1", help="I/N: shard only slice I of N (0-based)")
+    args = p.parse_args(argv)
+    args.name = args.name or Path(args.input.rstrip("/")).name
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["merge"]:
+            if len(argv) != 2:
+                raise SystemExit("usage: python -m diffdenoise.shard merge SHARD_DIR")
+            m = merge(Path(argv[1]))
+        else:
+            m = pack(parse_args(argv))
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+            return 2
+        raise
+    t, v = m["splits"]["train"], m["splits"]["val"]
+    print(
+        f"{m['name']}: train {t['samples']} samples / {t['seconds']:.1f} s in "
+        f"{len(t['shards'])} shards, val {v['samples']} samples / {v['seconds']:.1f} s in "
+        f"{len(v['shards'])} shards, {len(m['skipped'])} skipped"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

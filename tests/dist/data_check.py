@@ -1,0 +1,53 @@
+"""Run under ``accelerate launch`` (or plain python for one rank) by tests/test_distributed_data.py.
+
+Iterates one training epoch with the real DataLoader workers and computes the exact
+validation loss total, then rank 0 writes what every rank saw as JSON.
+"""
+
+import glob
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from diffdenoise import data
+from diffdenoise.losses import DenoiseLoss
+from diffdenoise.model import AudioDiffusionModel
+
+
+def main(shard_dir: str, out: str, workers: int) -> None:
+    torch.set_num_threads(1)
+    acc = Accelerator(cpu=True)
+    rank, world = acc.process_index, acc.num_processes
+    mixer = data.Mixer({"gaussian": 1.0, "pink": 1.0}, 0, 20, 0, 0, "random", 1000, 0)
+    urls = data.expand_urls(f"{shard_dir}/train-*.tar")
+    n = data.batches_per_epoch(data.manifest_stats(urls)["samples"], 2, world)
+    stream = data.TrainStream(urls, segment=4000, sample_rate=16000, batch_size=2, batches=n,
+                              mixer=mixer, seed=0, rank=rank, world_size=world)  # fmt: skip
+    batches = [{"keys": b["keys"], "urls": b["urls"]} for b in data.train_loader(stream, workers)]
+
+    torch.manual_seed(0)
+    model = AudioDiffusionModel(depth=2, channels=4, output="direct", time_dim=8).eval()
+    loss = DenoiseLoss([(256, 64, 256)])
+    total = torch.zeros(2, dtype=torch.float64)
+    val_urls = sorted(glob.glob(f"{shard_dir}/val-*.tar"))
+    for b in data.val_batches(val_urls, segment=4000, sample_rate=16000, batch_size=3,
+                              mixer=mixer, rank=rank, world_size=world):  # fmt: skip
+        with torch.no_grad():
+            y = model(b["noisy"], b["t"])
+        for i in range(y.shape[0]):
+            total[0] += loss(y[i : i + 1], b["clean"][i : i + 1])[0].double()
+            total[1] += 1
+    total = acc.reduce(total, reduction="sum")
+    seen = gather_object([{"rank": rank, "world": world, "batches": batches}])
+    if acc.is_main_process:
+        result = {"world": world, "ranks": seen, "val_total": total.tolist(), "expected": n}
+        with open(out, "w") as f:
+            json.dump(result, f)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,32 @@
+"""Small real corpora on disk for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from diffdenoise import demo_data, shard
+
+
+def write_speech(path: Path, seconds: float, rate: int = 16000, seed: int = 0, channels=1):
+    rng = np.random.default_rng(seed)
+    mono = demo_data.utterance(rng, seconds, rate)
+    data = np.stack([mono, 0.5 * mono], axis=1) if channels == 2 else mono
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, rate)
+    return path
+
+
+def make_corpus(root: Path, n: int = 6, seconds: float = 2.0, rate: int = 16000) -> Path:
+    for i in range(n):
+        write_speech(root / f"d{i % 2}" / f"utt{i}.wav", seconds + 0.25 * i, rate, seed=i)
+    return root
+
+
+def make_shards(tmp: Path, name="c", n=8, shard_mb=0.1, extra=(), **kw) -> Path:
+    src = make_corpus(tmp / f"{name}_src", n=n, **kw)
+    args = [str(src), "--name", name, "--out", str(tmp / "shards"), "--shard-mb", str(shard_mb)]
+    assert shard.main([*args, "--val-fraction", "0.25", *extra]) == 0
+    return tmp / "shards" / name

@@ -1,0 +1,187 @@
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from diffdenoise import shard
+from tests.helpers import make_corpus, write_speech
+
+
+def run(*args):
+    return shard.main([str(a) for a in args])
+
+
+def shard_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_user_folder_with_bad_files(tmp_path, capsys):
+    src = make_corpus(tmp_path / "gt", n=3)
+    write_speech(src / "stereo" / "cd.wav", 3.0, rate=44100, channels=2, seed=9)
+    (src / "empty.wav").write_bytes(b"")
+    (src / "corrupt.flac").write_bytes(b"fLaC" + b"\x00garbage" * 50)
+    (src / "notes.txt").write_text("not audio")
+    sf.write(str(src / "silent.wav"), np.zeros(16000, np.float32), 16000)
+    sf.write(str(src / "short.wav"), np.full(100, 0.1, np.float32), 16000)
+    sf.write(str(src / "zero.wav"), np.zeros(0, np.float32), 16000)
+    assert run(src, "--name", "user", "--out", tmp_path / "shards", "--val-fraction", "0") == 0
+    out = tmp_path / "shards" / "user"
+    m = json.loads((out / "manifest.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert "empty" in reasons["empty.wav"]
+    assert "corrupt" in reasons["corrupt.flac"]
+    assert "extension" in reasons["notes.txt"]
+    assert "silent" in reasons["silent.wav"]
+    assert "min-seconds" in reasons["short.wav"]
+    assert "zero-length" in reasons["zero.wav"]
+    err = capsys.readouterr().err
+    assert f"skipped {src / 'corrupt.flac'}: unreadable or corrupt" in err
+    # the stereo 44.1 kHz file is kept, downmixed and resampled to 16 kHz
+    with tarfile.open(out / "train-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+    cd = [x for x in metas if x["source"] == "stereo/cd.wav"]
+    assert cd and cd[0]["orig_rate"] == 44100 and cd[0]["orig_channels"] == 2
+    assert cd[0]["duration"] == pytest.approx(3.0, abs=1e-3)
+    assert m["splits"]["train"]["samples"] == 4 and m["sample_rate"] == 16000
+
+
+def test_manifest_fields_and_shard_checksums(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=8, seconds=3)
+    assert run(src, "--name", "c", "--out", tmp_path / "s", "--shard-mb", "0.05",
+               "--max-seconds", "1.5", "--val-fraction", "0.3") == 0  # fmt: skip
+    out = tmp_path / "s" / "c"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["command"].startswith("python -m diffdenoise.shard")
+    for split in ("train", "val"):
+        info = m["splits"][split]
+        assert info["samples"] == sum(s["samples"] for s in info["shards"]) > 0
+        assert info["seconds"] == pytest.approx(sum(s["seconds"] for s in info["shards"]))
+        for s in info["shards"]:
+            import hashlib
+
+            assert hashlib.sha256((out / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+    assert len(m["splits"]["train"]["shards"]) > 1  # cut at the target size
+    # chunks are at most --max-seconds and one file's chunks never straddle the split
+    sources = {}
+    for split in ("train", "val"):
+        for s in m["splits"][split]["shards"]:
+            with tarfile.open(out / s["file"]) as tar:
+                for member in tar:
+                    if member.name.endswith(".json"):
+                        meta = json.loads(tar.extractfile(member).read())
+                        assert meta["duration"] <= 1.5 + 1e-6
+                        sources.setdefault(meta["source"], set()).add(split)
+    assert all(len(splits) == 1 for splits in sources.values())
+    assert {"train", "val"} == set().union(*sources.values())
+
+
+def test_output_identical_for_any_worker_count(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=6)
+    run(src, "--name", "a", "--out", tmp_path / "s", "--workers", "1", "--shard-mb", "0.1")
+    run(src, "--name", "b", "--out", tmp_path / "s", "--workers", "2", "--shard-mb", "0.1")
+    a, b = shard_bytes(tmp_path / "s" / "a"), shard_bytes(tmp_path / "s" / "b")
+    assert a and a == b
+
+
+def test_missing_input_folder_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "diffdenoise.shard", str(tmp_path / "nope")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'nope'}: input folder not found" in proc.stderr
+
+
+def test_interrupted_run_leaves_nothing_complete_looking_and_rerun_finishes(tmp_path, monkeypatch):
+    src = make_corpus(tmp_path / "gt", n=8)
+    args = (src, "--name", "c", "--out", tmp_path / "s", "--shard-mb", "0.05")
+    calls = {"n": 0}
+    real = shard.process
+
+    def crash_after_five(job):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
+        return real(job)
+
+    monkeypatch.setattr(shard, "process", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        run(*args)
+    out = tmp_path / "s" / "c"
+    assert not (out / "manifest.json").exists()
+    for tar_path in out.glob("*.tar"):  # every visible shard is a complete tar
+        with tarfile.open(tar_path) as tar:
+            assert tar.getmembers()
+    monkeypatch.setattr(shard, "process", real)
+    assert run(*args) == 0
+    run(src, "--name", "ref", "--out", tmp_path / "s", "--shard-mb", "0.05")
+    assert shard_bytes(out) == shard_bytes(tmp_path / "s" / "ref")
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_paired_mode(tmp_path):
+    clean = make_corpus(tmp_path / "gt", n=3)
+    noisy = tmp_path / "gl"
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(sorted(clean.rglob("*.wav"))):
+        rel = path.relative_to(clean)
+        data, rate = sf.read(str(path), dtype="float32")
+        noisy_data = data + 0.05 * rng.standard_normal(data.shape).astype(np.float32)
+        if i == 2:
+            noisy_data = noisy_data[:-100]  # a mismatched pair
+        name = f"noisy_{rel.name}" if i == 0 else rel.name  # both naming conventions
+        (noisy / rel.parent).mkdir(parents=True, exist_ok=True)
+        sf.write(str(noisy / rel.parent / name), noisy_data, rate)
+    assert run(clean, "--noisy-dir", noisy, "--name", "p", "--out", tmp_path / "s",
+               "--val-fraction", "0") == 0  # fmt: skip
+    m = json.loads((tmp_path / "s" / "p" / "manifest.json").read_text())
+    assert m["kind"] == "paired" and m["splits"]["train"]["samples"] == 2
+    assert len(m["skipped"]) == 1 and "pair mismatch" in m["skipped"][0]["reason"]
+    with tarfile.open(tmp_path / "s" / "p" / "train-000000.tar") as tar:
+        names = tar.getnames()
+    assert sum(n.endswith(".noisy.flac") for n in names) == 2
+
+
+def test_parts_then_merge_equal_whole(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=7)
+    out = tmp_path / "s"
+    for i in range(3):
+        run(src, "--name", "big", "--out", out, "--part", f"{i}/3", "--val-fraction", "0.3")
+    assert shard.main(["merge", str(out / "big")]) == 0
+    run(src, "--name", "whole", "--out", out, "--val-fraction", "0.3")
+    merged = json.loads((out / "big" / "manifest.json").read_text())
+    whole = json.loads((out / "whole" / "manifest.json").read_text())
+    for split in ("train", "val"):
+        assert merged["splits"][split]["samples"] == whole["splits"][split]["samples"]
+        assert merged["splits"][split]["seconds"] == pytest.approx(
+            whole["splits"][split]["seconds"]
+        )
+    assert merged["files"] == whole["files"] == 7
+    assert len(list((out / "big").glob("train-p*.tar"))) == 3
+
+
+def test_merge_with_missing_part_is_an_error(tmp_path, capsys):
+    src = make_corpus(tmp_path / "gt", n=4)
+    run(src, "--name", "big", "--out", tmp_path / "s", "--part", "0/2")
+    assert shard.main(["merge", str(tmp_path / "s" / "big")]) == 2
+    assert "found 1 of 2 part manifests" in capsys.readouterr().err
+
+
+def test_split_is_deterministic():
+    assert shard.split_of("a/b.wav", 0.5) == shard.split_of("a/b.wav", 0.5)
+    frac = np.mean([shard.split_of(f"f{i}.wav", 0.2) == "val" for i in range(2000)])
+    assert 0.17 < frac < 0.23
+
+
+def test_demo_data_is_deterministic(tmp_path):
+    from diffdenoise import demo_data
+
+    a = demo_data.generate(tmp_path / "a", 0.1, seed=3)
+    b = demo_data.generate(tmp_path / "b", 0.1, seed=3)
+    c = demo_data.generate(tmp_path / "c", 0.1, seed=4)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert a[0].read_bytes() != c[0].read_bytes()
+    data, rate = sf.read(str(a[0]))
+    assert rate == 16000 and 0.05 < np.abs(data).max() < 1.0
