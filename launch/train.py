@@ -1,0 +1,8 @@
+"""Entry point for ``accelerate launch launch/train.py CONFIG.yaml [key=value ...]``."""
+
+import sys
+
+from diffdenoise.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
