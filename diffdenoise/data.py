@@ -328,6 +328,7 @@ def train_loader(dataset: TrainStream, num_workers: int) -> DataLoader:
         dataset,
         batch_size=None,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched for resume
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
     )

@@ -136,6 +136,15 @@ def load_state(acc: Accelerator, path: Path, run_dir: Path) -> None:
         ) from None
 
 
+def check_in_sync(acc: Accelerator, model: torch.nn.Module) -> None:
+    """Every rank must hold the same weights; say so, or fail loudly."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    sums = acc.gather(total.reshape(1).to(acc.device)).tolist()
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"parameters diverged across ranks: {sums}")
+    acc.print(f"parameters identical across {acc.num_processes} rank(s)")
+
+
 def mark_preempted(acc: Accelerator, run_dir: Path, step: int) -> None:
     if acc.is_main_process:
         (run_dir / PREEMPTED_MARKER).write_text(json.dumps({"step": step, "time": time.time()}))

@@ -234,6 +234,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     if resume_from is not None:
         distrib.load_state(acc, resume_from, run_dir)
         acc.print(f"resumed from {resume_from} at step {state.step}")
+        state.total_steps = planned_steps(cfg, per_epoch) or state.total_steps  # config wins
     scheduler.lr_lambdas[0].total = max(state.total_steps, 1)
     tracker.start(state, config.to_plain(cfg))
     signals = distrib.PreemptionFlag()
@@ -338,12 +339,13 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         if done:
             break
     bar.close()
-    tracker.finish()
+    distrib.check_in_sync(acc, net)
     acc.wait_for_everyone()
     acc.print(
         f"finished at step {state.step}; best validation loss {state.best_val:.4f}; "
         f"outputs in {run_dir}"
     )
+    tracker.finish()  # may end the process group: nothing collective after this
     return exit_code
 
 
@@ -363,6 +365,7 @@ def run_validation(
     epoch,
 ) -> None:
     """Validate (EMA weights when on), log, and let rank 0 keep the best model."""
+
     def ctx():
         return ema.average_parameters() if ema is not None else distrib.nullcontext()
 

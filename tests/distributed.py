@@ -24,25 +24,51 @@ def cpu_env(**extra) -> dict:
     return env
 
 
-def accelerate_launch(script_args: list[str], processes: int = 2, timeout: float = 300,
-                      env: dict | None = None, check: bool = True):  # fmt: skip
+def accelerate_launch(
+    script_args: list[str],
+    processes: int = 2,
+    timeout: float = 300,
+    env: dict | None = None,
+    check: bool = True,
+):
     """``accelerate launch --multi_gpu`` with CPU processes: the combination that really
     starts N processes (``--cpu --num_processes 2`` silently starts one)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1",
-           "--main_process_port", str(free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", *script_args]  # fmt: skip
-    proc = subprocess.run(cmd, env=env or cpu_env(), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *script_args,
+    ]
+    proc = subprocess.run(
+        cmd, env=env or cpu_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def python_run(script_args: list[str], timeout: float = 300, env: dict | None = None,
-               check: bool = True):  # fmt: skip
-    proc = subprocess.run([sys.executable, *script_args], env=env or cpu_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def python_run(
+    script_args: list[str], timeout: float = 300, env: dict | None = None, check: bool = True
+):
+    proc = subprocess.run(
+        [sys.executable, *script_args],
+        env=env or cpu_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

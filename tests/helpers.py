@@ -30,3 +30,36 @@ def make_shards(tmp: Path, name="c", n=8, shard_mb=0.1, extra=(), **kw) -> Path:
     args = [str(src), "--name", name, "--out", str(tmp / "shards"), "--shard-mb", str(shard_mb)]
     assert shard.main([*args, "--val-fraction", "0.25", *extra]) == 0
     return tmp / "shards" / name
+
+
+def wandb_records(path: Path):
+    """Records of a W&B offline ``run-*.wandb`` file (LevelDB-style log of protobufs)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = Path(path).read_bytes()
+    assert raw[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(raw):
+        room = block - pos % block
+        if room < 7:  # block trailer padding
+            pos += room
+            continue
+        length = int.from_bytes(raw[pos + 4 : pos + 6], "little")
+        kind = raw[pos + 6]
+        payload = raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def wandb_history_keys(path: Path) -> set[str]:
+    keys = set()
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys

@@ -9,16 +9,32 @@ from tests.helpers import make_shards
 
 
 def mixer(**kw):
-    args = dict(weights={"gaussian": 1, "pink": 1, "brown": 1}, snr_min=-5, snr_max=20,
-                gain_min_db=0, gain_max_db=0, timestep="random", timesteps=1000,
-                infer_timestep=0)  # fmt: skip
+    args = dict(
+        weights={"gaussian": 1, "pink": 1, "brown": 1},
+        snr_min=-5,
+        snr_max=20,
+        gain_min_db=0,
+        gain_max_db=0,
+        timestep="random",
+        timesteps=1000,
+        infer_timestep=0,
+    )
     args.update(kw)
     return data.Mixer(**args)
 
 
 def stream(urls, **kw):
-    args = dict(segment=8000, sample_rate=16000, batch_size=3, batches=4, mixer=mixer(),
-                seed=0, rank=0, world_size=1, shuffle_buffer=8)  # fmt: skip
+    args = dict(
+        segment=8000,
+        sample_rate=16000,
+        batch_size=3,
+        batches=4,
+        mixer=mixer(),
+        seed=0,
+        rank=0,
+        world_size=1,
+        shuffle_buffer=8,
+    )
     args.update(kw)
     return data.TrainStream(urls, **args)
 
@@ -109,8 +125,19 @@ def test_paired_shards_use_stored_noisy(tmp_path):
         out = tmp_path / "gl" / path.relative_to(clean)
         out.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(out), -x, sr)  # a "noisy" version we can recognise
-    shard.main([str(clean), "--noisy-dir", str(tmp_path / "gl"), "--name", "p",
-                "--out", str(tmp_path / "s"), "--val-fraction", "0"])  # fmt: skip
+    shard.main(
+        [
+            str(clean),
+            "--noisy-dir",
+            str(tmp_path / "gl"),
+            "--name",
+            "p",
+            "--out",
+            str(tmp_path / "s"),
+            "--val-fraction",
+            "0",
+        ]
+    )
     urls = data.expand_urls(str(tmp_path / "s/p/train-*.tar"))
     b = next(iter(stream(urls, batch_size=2, batches=1)))
     assert torch.allclose(b["noisy"], -b["clean"], atol=1e-4)

@@ -51,8 +51,22 @@ def test_user_folder_with_bad_files(tmp_path, capsys):
 
 def test_manifest_fields_and_shard_checksums(tmp_path):
     src = make_corpus(tmp_path / "gt", n=8, seconds=3)
-    assert run(src, "--name", "c", "--out", tmp_path / "s", "--shard-mb", "0.05",
-               "--max-seconds", "1.5", "--val-fraction", "0.3") == 0  # fmt: skip
+    assert (
+        run(
+            src,
+            "--name",
+            "c",
+            "--out",
+            tmp_path / "s",
+            "--shard-mb",
+            "0.05",
+            "--max-seconds",
+            "1.5",
+            "--val-fraction",
+            "0.3",
+        )
+        == 0
+    )
     out = tmp_path / "s" / "c"
     m = json.loads((out / "manifest.json").read_text())
     assert m["command"].startswith("python -m diffdenoise.shard")
@@ -88,8 +102,11 @@ def test_output_identical_for_any_worker_count(tmp_path):
 
 
 def test_missing_input_folder_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "diffdenoise.shard", str(tmp_path / "nope")],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffdenoise.shard", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert f"{tmp_path / 'nope'}: input folder not found" in proc.stderr
 
@@ -134,8 +151,20 @@ def test_paired_mode(tmp_path):
         name = f"noisy_{rel.name}" if i == 0 else rel.name  # both naming conventions
         (noisy / rel.parent).mkdir(parents=True, exist_ok=True)
         sf.write(str(noisy / rel.parent / name), noisy_data, rate)
-    assert run(clean, "--noisy-dir", noisy, "--name", "p", "--out", tmp_path / "s",
-               "--val-fraction", "0") == 0  # fmt: skip
+    assert (
+        run(
+            clean,
+            "--noisy-dir",
+            noisy,
+            "--name",
+            "p",
+            "--out",
+            tmp_path / "s",
+            "--val-fraction",
+            "0",
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "s" / "p" / "manifest.json").read_text())
     assert m["kind"] == "paired" and m["splits"]["train"]["samples"] == 2
     assert len(m["skipped"]) == 1 and "pair mismatch" in m["skipped"][0]["reason"]

@@ -25,7 +25,7 @@ def main(shard_dir: str, out: str, workers: int) -> None:
     urls = data.expand_urls(f"{shard_dir}/train-*.tar")
     n = data.batches_per_epoch(data.manifest_stats(urls)["samples"], 2, world)
     stream = data.TrainStream(urls, segment=4000, sample_rate=16000, batch_size=2, batches=n,
-                              mixer=mixer, seed=0, rank=rank, world_size=world)  # fmt: skip
+                              mixer=mixer, seed=0, rank=rank, world_size=world)
     batches = [{"keys": b["keys"], "urls": b["urls"]} for b in data.train_loader(stream, workers)]
 
     torch.manual_seed(0)
@@ -34,7 +34,7 @@ def main(shard_dir: str, out: str, workers: int) -> None:
     total = torch.zeros(2, dtype=torch.float64)
     val_urls = sorted(glob.glob(f"{shard_dir}/val-*.tar"))
     for b in data.val_batches(val_urls, segment=4000, sample_rate=16000, batch_size=3,
-                              mixer=mixer, rank=rank, world_size=world):  # fmt: skip
+                              mixer=mixer, rank=rank, world_size=world):
         with torch.no_grad():
             y = model(b["noisy"], b["t"])
         for i in range(y.shape[0]):

@@ -1,0 +1,375 @@
+"""End-to-end training runs on CPU: real shards, real Accelerate, real W&B offline files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffdenoise import train as train_mod
+from diffdenoise.checkpoint import load_best
+from tests.distributed import ROOT, accelerate_launch, cpu_env, python_run
+from tests.helpers import make_shards, wandb_history_keys
+
+pytestmark = pytest.mark.slow
+TRAIN = "launch/train.py"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    return make_shards(tmp, n=8, extra=["--val-fraction", "0.25", "--max-seconds", "1"])
+
+
+def args_for(shards, runs, *extra):
+    return [
+        "configs/tiny.yaml",
+        f"data.train_shards={shards}/train-*.tar",
+        f"data.val_shards={shards}/val-*.tar",
+        f"train.runs_dir={runs}",
+        "data.segment=4000",
+        "train.batch_size=4",
+        "data.num_workers=1",
+        *extra,
+    ]
+
+
+def run_dir_of(runs: Path) -> Path:
+    (only,) = [p for p in runs.iterdir() if p.is_dir()]
+    return only
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
+
+
+def test_train_writes_best_then_resumes(shards, tmp_path):
+    runs = tmp_path / "runs"
+    common = [
+        "train.max_steps=12",
+        "train.val_every=6",
+        "checkpoint.every=6",
+        "log.every=2",
+        "train.run_name=r1",
+    ]
+    proc = python_run([TRAIN, *args_for(shards, runs, *common)])
+    run_dir = run_dir_of(runs)
+    assert "1 process(es) on cpu" in proc.stdout and "finished at step 12" in proc.stdout
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    for key in (
+        "model",
+        "ema_model",
+        "ema",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "step",
+        "val_loss",
+        "config",
+        "version",
+    ):
+        assert key in best, key
+    assert best["config"]["model"]["channels"] == 16 and isinstance(best["config"], dict)
+    assert list(run_dir.glob("best_model_*.pth"))
+    assert (run_dir / "config.yaml").exists()
+    assert sorted(p.name for p in (run_dir / "state").iterdir()) == [
+        "step-000000006",
+        "step-000000012",
+    ]
+    # W&B: a real offline run directory holding the logged keys
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    keys = wandb_history_keys(wandb_file)
+    for key in (
+        "train/total",
+        "train/stft_phase",
+        "train/l1",
+        "train/lr",
+        "train/grad_norm",
+        "train/skipped_steps",
+        "train/samples_per_s",
+        "train/audio_s_per_s",
+        "val/total",
+        "val/stft_sc",
+        "val/l1",
+    ):
+        assert key in keys, key
+    assert any(k.startswith("media/0/spectrogram") for k in keys)
+    wandb_id = (run_dir / "wandb_id").read_text()
+    # a second run without resume refuses to overwrite
+    again = python_run([TRAIN, *args_for(shards, runs, *common)], check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    # resume=auto continues from the latest state into the same W&B run
+    more = python_run(
+        [TRAIN, *args_for(shards, runs, *common[1:], "train.max_steps=16", "train.resume=auto")],
+        check=False,
+    )
+    assert more.returncode == 0, more.stderr
+    assert "resumed from" in more.stdout and "at step 12" in more.stdout
+    assert "finished at step 16" in more.stdout
+    assert (run_dir / "wandb_id").read_text() == wandb_id
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) >= 1
+
+
+def test_exact_resume_single_process(shards, tmp_path):
+    common = [
+        "train.max_steps=8",
+        "checkpoint.every=4",
+        "checkpoint.keep_last=3",
+        "train.val_every=4",
+        "log.every=1",
+        "model.dropout=0.1",
+    ]
+    python_run([TRAIN, *args_for(shards, tmp_path / "a", *common)])
+    straight = run_dir_of(tmp_path / "a")
+    half = straight / "state" / "step-000000004"
+    python_run([TRAIN, *args_for(shards, tmp_path / "b", *common, f"train.resume={half}")])
+    resumed = run_dir_of(tmp_path / "b")
+    assert_same_training(straight, resumed)
+
+
+def assert_same_training(straight: Path, resumed: Path):
+    a = load_file(straight / "state/step-000000008/model.safetensors")
+    b = load_file(resumed / "state/step-000000008/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    la, lb = losses(straight), losses(resumed)
+    for step in range(5, 9):
+        assert lb[step] == pytest.approx(la[step], rel=1e-5)
+
+
+def test_exact_resume_two_processes(shards, tmp_path):
+    common = [
+        "train.max_steps=8",
+        "checkpoint.every=4",
+        "checkpoint.keep_last=3",
+        "train.val_every=4",
+        "log.every=1",
+        "train.batch_size=2",
+    ]
+    first = accelerate_launch([TRAIN, *args_for(shards, tmp_path / "a", *common)])
+    assert "2 process(es) on cpu" in first.stdout
+    assert "parameters identical across 2 rank(s)" in first.stdout
+    straight = run_dir_of(tmp_path / "a")
+    half = straight / "state" / "step-000000004"
+    accelerate_launch([TRAIN, *args_for(shards, tmp_path / "b", *common, f"train.resume={half}")])
+    assert_same_training(straight, run_dir_of(tmp_path / "b"))
+
+
+def test_preemption_saves_and_resumes(shards, tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "29633",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        TRAIN,
+        *args_for(
+            shards,
+            runs,
+            "train.max_steps=100000",
+            "train.max_epochs=0",
+            "train.val_every=100000",
+            "checkpoint.every=100000",
+            "log.every=1",
+            "train.run_name=pre",
+        ),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs_dirs = list(runs.glob("*/metrics.jsonl")) if runs.exists() else []
+        if runs_dirs and len(runs_dirs[0].read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    for pid in children(proc.pid):  # the workers, as SLURM signals a job step's tasks
+        os.kill(pid, signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    run_dir = run_dir_of(runs)
+    marker = run_dir / "PREEMPTED"
+    assert marker.exists(), out
+    saved = json.loads(marker.read_text())["step"]
+    assert saved >= 3 and (run_dir / "state" / f"step-{saved:09d}").is_dir()
+    assert "preempted at step" in out
+    resumed = accelerate_launch(
+        [
+            TRAIN,
+            *args_for(
+                shards,
+                runs,
+                f"train.max_steps={saved + 2}",
+                "train.max_epochs=0",
+                "train.resume=auto",
+                "train.run_name=pre",
+            ),
+        ]
+    )
+    assert (
+        f"at step {saved}" in resumed.stdout and f"finished at step {saved + 2}" in resumed.stdout
+    )
+    assert (run_dir / "best.pt").exists() and not marker.exists()
+
+
+def children(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_two_nodes_on_localhost(shards, tmp_path):
+    port = 29000 + (int(time.time()) % 500)
+    base = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "2",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    args = [TRAIN, *args_for(shards, tmp_path / "runs", "train.max_steps=4", "train.val_every=4")]
+    nodes = [
+        subprocess.Popen(
+            [*base, "--machine_rank", str(r), *args],
+            cwd=ROOT,
+            env=cpu_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    outs = [n.communicate(timeout=240)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert "2 process(es) on cpu" in outs[0]
+    assert "parameters identical across 2 rank(s)" in outs[0]
+
+
+def test_non_finite_steps_stop_with_clear_error(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from diffdenoise import shard
+    from tests.helpers import make_corpus
+
+    clean = make_corpus(tmp_path / "gt", n=4)
+    for path in clean.rglob("*.wav"):
+        x, sr = sf.read(str(path), dtype="float32")
+        out = tmp_path / "gl" / path.relative_to(clean)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(out), np.full_like(x, np.nan), sr, subtype="FLOAT")
+    shard.main(
+        [
+            str(clean),
+            "--noisy-dir",
+            str(tmp_path / "gl"),
+            "--name",
+            "nan",
+            "--format",
+            "wav",
+            "--out",
+            str(tmp_path / "s"),
+            "--val-fraction",
+            "0.3",
+        ]
+    )
+    shards = tmp_path / "s" / "nan"
+    proc = python_run(
+        [TRAIN, *args_for(shards, tmp_path / "runs", "train.max_bad_steps=3")], check=False
+    )
+    assert proc.returncode == 2
+    assert "step 1: non-finite loss or gradient, step skipped" in proc.stdout
+    assert "3 non-finite steps in a row" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["model.chanels=3"], "unknown key 'model.chanels'"),
+        (["data.train_shards=/nonexistent/x-*.tar"], "no shard matches"),
+        (["train.runs_dir=/etc/hostname/runs"], "cannot create the run directory"),
+        (["train.resume=/nonexistent/state"], "no saved training state"),
+    ],
+)
+def test_bad_input_fails_before_training(shards, tmp_path, capsys, extra, message):
+    code = train_mod.main(args_for(shards, tmp_path / "runs", *extra))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("*/state"))
+
+
+def test_missing_config_file(capsys):
+    assert train_mod.main(["configs/nope.yaml"]) == 2
+    assert "configs/nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_incompatible_checkpoint_is_a_clear_error(shards, tmp_path):
+    python_run(
+        [
+            TRAIN,
+            *args_for(
+                shards,
+                tmp_path / "a",
+                "train.max_steps=2",
+                "checkpoint.every=2",
+                "train.val_every=2",
+            ),
+        ]
+    )
+    state = run_dir_of(tmp_path / "a") / "state" / "step-000000002"
+    proc = python_run(
+        [TRAIN, *args_for(shards, tmp_path / "b", "model.channels=8", f"train.resume={state}")],
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "saved state does not fit this model/config" in proc.stderr
+
+
+def test_best_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "diffdenoise.best/1", "x": Evil()}, path)
+    from diffdenoise.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_best(path)
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a diffdenoise checkpoint"):
+        load_best(path)
