@@ -373,3 +373,33 @@ def test_best_checkpoint_refuses_pickled_code(tmp_path):
     torch.save({"weights": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="not a diffdenoise checkpoint"):
         load_best(path)
+
+
+def test_time_budget_accumulation_precision_fallback_and_val_metric(shards, tmp_path):
+    extra = [
+        "train.max_steps=0",
+        "train.max_epochs=0",
+        "train.max_minutes=0.25",
+        "train.grad_accum=2",
+        "train.mixed_precision=bf16",
+        "train.val_metrics=[si_sdr]",
+        "train.val_every=1000",
+        "log.every=5",
+        "log.wandb_mode=disabled",
+    ]
+    start = time.time()
+    proc = python_run([TRAIN, *args_for(shards, tmp_path / "runs", *extra)])
+    assert time.time() - start < 60
+    assert "train.mixed_precision=bf16 needs a GPU here; training in fp32" in proc.stdout
+    run_dir = run_dir_of(tmp_path / "runs")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/total" in r]
+    assert len(val) == 1 and "val/si_sdr" in val[0]  # validated once, at the budget
+    assert (run_dir / "best.pt").exists() and not (run_dir / "wandb").exists()
+    train_rows = [r for r in rows if "train/samples_per_s" in r]
+    from diffdenoise import data
+
+    per_epoch = data.manifest_stats(data.expand_urls(f"{shards}/train-*.tar"))["samples"] // 4
+    # each optimizer step consumed two micro-batches of 4
+    last = train_rows[-1]
+    assert last["epoch"] == pytest.approx(last["step"] * 2 / per_epoch, rel=1e-6)
