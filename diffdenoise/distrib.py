@@ -95,13 +95,13 @@ def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
     return run_dir
 
 
-def any_rank(acc: Accelerator, flag: bool) -> bool:
-    """True on every rank if it is true on any rank (one tiny all-reduce)."""
+def any_rank(acc: Accelerator, *flags: bool) -> tuple[bool, ...]:
+    """Each flag true on every rank if it is true on any rank (one tiny all-reduce)."""
     if acc.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=acc.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def budget_steps(acc: Accelerator, minutes: float, state, step_times: list[float]) -> int:

@@ -311,13 +311,11 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
             window_start, window_steps, window = time.time(), 0, {}
         time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
         done = (state.total_steps and state.step >= state.total_steps) or time_up
-        preempted = distrib.any_rank(acc, signals.raised)
-        done = distrib.any_rank(acc, bool(done))
+        preempted, done = distrib.any_rank(acc, signals.raised, bool(done))
         if state.step % cfg.train.val_every == 0 or done or preempted:
             run_validation(
                 cfg,
                 acc,
-                model,
                 net,
                 ema,
                 loss_fn,
@@ -352,7 +350,6 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
 def run_validation(
     cfg,
     acc,
-    model,
     net,
     ema,
     loss_fn,
