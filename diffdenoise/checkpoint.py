@@ -57,7 +57,10 @@ def load_best(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a PyTorch file, truncated, or holding "
+            f"objects that weights_only refuses: {first[:160]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a diffdenoise checkpoint (no '{FORMAT}' marker)")
     return payload

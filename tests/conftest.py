@@ -11,3 +11,28 @@ os.environ.setdefault("WANDB_SILENT", "true")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """A real tiny checkpoint: 16 kHz shards on disk, 250 CPU training steps (~20 s)."""
+    from tests.distributed import python_run
+    from tests.helpers import make_shards
+
+    tmp = tmp_path_factory.mktemp("trained")
+    shards = make_shards(tmp, n=12, extra=["--max-seconds", "2"])
+    python_run(
+        [
+            "launch/train.py",
+            "configs/tiny.yaml",
+            f"data.train_shards={shards}/train-*.tar",
+            f"data.val_shards={shards}/val-*.tar",
+            f"train.runs_dir={tmp / 'runs'}",
+            "train.run_name=tiny",
+            "train.max_steps=250",
+            "train.val_every=125",
+            "checkpoint.every=1000",
+            "log.wandb_mode=disabled",
+        ]
+    )
+    return tmp / "runs" / "tiny" / "best.pt"

@@ -1,0 +1,214 @@
+"""The Python inference API: ``Denoiser.from_checkpoint(path)(audio, sample_rate)``.
+
+Audio of any length, rate and channel count goes through the same streaming path:
+resample to the model's rate, cut into overlapping segments padded with real
+neighbouring audio, denoise them in batches, join them by overlap-add with unity-gain
+cross-fades, and resample back. Each channel is denoised on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from diffdenoise import audio, config
+from diffdenoise.checkpoint import CheckpointError, load_best
+from diffdenoise.model import build_model
+from diffdenoise.stream import overlap_add, resample_stream, resampled_length
+
+MODES = ("overlap", "seed")
+WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+
+
+class Denoiser:
+    """A trained model plus the segmenting recipe used to apply it to long audio.
+
+    ``mode="overlap"`` (default): segments of ``segment`` seconds overlapping by
+    ``overlap`` seconds, each seen with ``context`` seconds of real neighbouring audio.
+    ``mode="seed"``: the original's non-overlapping 1 s segments from t = 0, zero-padded
+    at the end and concatenated, kept for comparison.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sample_rate: int,
+        *,
+        timestep: int = 0,
+        segment: float = 1.0,
+        overlap: float = 0.1,
+        context: float = 0.1,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        precision: str = "no",
+        mode: str = "overlap",
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
+        if not 0 <= overlap < segment:
+            raise ValueError(f"overlap ({overlap} s) must be >= 0 and < segment ({segment} s)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sample_rate = sample_rate
+        self.timestep = timestep
+        self.mode = mode
+        self.batch_size = batch_size
+        self.segment = max(1, round(segment * sample_rate))
+        self.overlap = round(overlap * sample_rate)
+        self.context = round(context * sample_rate)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if self.device.type != "cuda":
+            self.autocast_dtype = None  # half precision only pays off on a GPU
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | None = None, ema: bool = True, **options
+    ) -> Denoiser:
+        """Load ``best.pt`` (or a ``best_model_*.pth`` copy) safely with ``weights_only``."""
+        payload = load_best(path)
+        try:
+            cfg = config.from_plain(payload["config"])
+        except (KeyError, config.ConfigError) as err:
+            raise CheckpointError(f"{path}: checkpoint config is unusable ({err})") from None
+        model = build_model(cfg.model)
+        try:
+            model.load_state_dict(payload["ema_model" if ema else "model"])
+        except (KeyError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise CheckpointError(
+                f"{path}: weights do not fit its model config ({first})"
+            ) from None
+        options.setdefault("segment", cfg.data.segment / cfg.data.sample_rate)
+        options.setdefault("timestep", cfg.noise.infer_timestep)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, cfg.data.sample_rate, device=device, **options)
+
+    def __call__(self, x, sample_rate: int):
+        """Denoise ``(time,)`` or ``(channels, time)`` audio (numpy or tensor); same shape out."""
+        is_tensor = isinstance(x, torch.Tensor)
+        wave = x.detach().cpu().float().numpy() if is_tensor else np.asarray(x, np.float32)
+        if wave.ndim not in (1, 2) or wave.shape[-1] == 0:
+            raise ValueError(f"expected (time,) or (channels, time) audio, got {wave.shape}")
+        if not np.isfinite(wave).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        frames = wave.reshape(-1, wave.shape[-1])
+        out = np.concatenate(list(self.stream([frames], sample_rate, *frames.shape)), axis=1)
+        out = out.reshape(wave.shape)
+        return torch.from_numpy(out).to(x.device) if is_tensor else out
+
+    def stream(
+        self, blocks: Iterable[np.ndarray], rate: int, channels: int, frames: int
+    ) -> Iterator[np.ndarray]:
+        """Denoise ``frames`` samples given as ``(channels, n)`` blocks; yields blocks."""
+        seed = self.mode == "seed"
+        length = self.sample_rate if seed else self.segment
+        model_rate = resample_stream(blocks, rate, self.sample_rate, channels)
+        denoised = overlap_add(
+            model_rate,
+            resampled_length(frames, rate, self.sample_rate),
+            channels,
+            self.process,
+            length=length,
+            overlap=0 if seed else self.overlap,
+            context=0 if seed else self.context,
+            batch_rows=self.batch_size,
+            pad_last=seed,
+        )
+        remaining = frames
+        for block in resample_stream(denoised, self.sample_rate, rate, channels):
+            block = block[:, :remaining]
+            remaining -= block.shape[1]
+            if block.shape[1]:
+                yield block
+
+    @torch.inference_mode()
+    def process(self, rows: np.ndarray) -> np.ndarray:
+        """``(rows, time)`` noisy segments at the model rate -> denoised, same shape."""
+        x = torch.from_numpy(rows).to(self.device)[:, None]
+        t = torch.full((x.shape[0],), float(self.timestep), device=self.device)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            y = self.model(x, t)
+        return y[:, 0].float().cpu().numpy()
+
+    def denoise_file(
+        self,
+        src: str | Path,
+        dst: str | Path,
+        block_seconds: float = 30.0,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> float:
+        """Stream ``src`` through the model into ``dst``; returns the seconds of audio.
+
+        ``on_progress`` is called with the seconds of audio in each block written.
+
+        The output is written to a temporary name and renamed into place at the end, so a
+        failure part-way (NaN samples, a full disk) never leaves half a file behind.
+        """
+        src, dst = Path(src), Path(dst)
+        meta = audio.info(src)
+        if meta.frames == 0:
+            raise audio.AudioError("empty audio (0 samples)")
+        fmt = WRITE_FORMATS.get(dst.suffix.lower())
+        if fmt is None:
+            raise audio.AudioError(f"cannot write '{dst.suffix}' files (use .wav, .flac or .ogg)")
+        subtype = meta.subtype if sf.check_format(fmt, meta.subtype) else None
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        try:
+            output = _open_output(tmp, dst, meta, fmt, subtype)
+            with sf.SoundFile(str(src)) as reader, output as out:
+                blocks = _read_blocks(reader, round(block_seconds * meta.samplerate))
+                for block in self.stream(blocks, meta.samplerate, meta.channels, meta.frames):
+                    if out.subtype not in ("FLOAT", "DOUBLE", "VORBIS"):
+                        block = np.clip(block, -1.0, 1.0)
+                    out.write(block.T)
+                    if on_progress:
+                        on_progress(block.shape[1] / meta.samplerate)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return meta.frames / meta.samplerate
+
+
+def _open_output(path: Path, dst: Path, meta, fmt: str, subtype: str | None) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(
+            str(path), "w", meta.samplerate, meta.channels, subtype=subtype, format=fmt
+        )
+    except Exception as err:
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
+        raise audio.AudioError(f"cannot write output {dst} ({reason})") from None
+
+
+def _read_blocks(reader: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
+    """``(channels, n)`` blocks of a file; NaN or infinite samples stop with their time."""
+    position = 0
+    while True:
+        try:
+            block = reader.read(frames, dtype="float32", always_2d=True).T
+        except Exception as err:
+            raise audio.AudioError(f"unreadable or corrupt audio ({err})") from None
+        if block.shape[1] == 0:
+            return
+        bad = ~np.isfinite(block).all(axis=0)
+        if bad.any():
+            when = (position + int(np.argmax(bad))) / reader.samplerate
+            raise audio.AudioError(f"NaN or infinite samples at {when:.2f} s")
+        position += block.shape[1]
+        yield np.ascontiguousarray(block)
+
+
+def denoise_audio(model_path, noisy_audio_path, output_path, device: str | None = None) -> Path:
+    """The original project's one-call API, kept as a thin wrapper around :class:`Denoiser`."""
+    Denoiser.from_checkpoint(model_path, device=device).denoise_file(noisy_audio_path, output_path)
+    return Path(output_path)

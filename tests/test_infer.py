@@ -1,0 +1,178 @@
+"""Inference: the CLI on real files, the Python API, bad input, and a real trained model."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from diffdenoise import Denoiser, config, denoise_audio, infer
+from diffdenoise.checkpoint import save_best
+from diffdenoise.metrics import si_sdr
+from diffdenoise.model import build_model
+from diffdenoise.noise import mix_at_snr, pink
+from tests.helpers import write_speech
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
+    cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    run = tmp_path_factory.mktemp("ckpt")
+    weights = model.state_dict()
+    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
+    return save_best(run, payload, keep_copies=1)
+
+
+def cli(*args):
+    return infer.main([str(a) for a in args])
+
+
+def test_rates_channels_and_subtype_survive(ckpt, tmp_path):
+    src = write_speech(tmp_path / "song.wav", 1.3, rate=44100, channels=2)
+    assert cli(src, "-c", ckpt) == 0
+    out = tmp_path / "song_denoised.wav"
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, sf.info(str(src)).frames)
+    assert info.subtype == sf.info(str(src)).subtype == "PCM_16"
+
+
+@pytest.mark.parametrize("ext,subtype", [(".flac", "PCM_16"), (".ogg", "VORBIS")])
+def test_output_format_follows_extension(ckpt, tmp_path, ext, subtype):
+    src = write_speech(tmp_path / "a.wav", 0.7, rate=22050)
+    dst = tmp_path / f"out{ext}"
+    assert cli(src, "-c", ckpt, "-o", dst) == 0
+    info = sf.info(str(dst))
+    assert info.subtype == subtype and info.samplerate == 22050
+    assert abs(info.frames - sf.info(str(src)).frames) == 0
+
+
+def test_streamed_file_equals_in_memory(ckpt, tmp_path):
+    src = tmp_path / "long.wav"
+    x = np.random.default_rng(1).standard_normal(22050 * 3 + 17).astype(np.float32) * 0.1
+    sf.write(str(src), x, 22050, subtype="FLOAT")
+    denoiser = Denoiser.from_checkpoint(ckpt, device="cpu", batch_size=3)
+    in_memory = denoiser(x, 22050)
+    denoiser.denoise_file(src, tmp_path / "streamed.wav", block_seconds=0.37)
+    streamed, rate = sf.read(str(tmp_path / "streamed.wav"), dtype="float32")
+    assert rate == 22050 and streamed.shape == x.shape
+    assert np.abs(in_memory).max() > 1e-3  # a real, non-trivial model output
+    np.testing.assert_allclose(streamed, in_memory, atol=1e-5)
+
+
+def test_api_takes_numpy_and_tensors_of_any_shape(ckpt):
+    denoiser = Denoiser.from_checkpoint(ckpt, device="cpu")
+    mono = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    assert denoiser(mono, 16000).shape == (5000,)
+    stereo = torch.from_numpy(np.stack([mono, mono[::-1].copy()]))
+    out = denoiser(stereo, 8000)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 5000)
+    # channels are denoised independently: channel 0 alone gives the same answer
+    np.testing.assert_allclose(out[0].numpy(), denoiser(mono, 8000), atol=1e-5)
+
+
+def test_seed_mode_is_the_original_one_second_cut(ckpt):
+    seed = Denoiser.from_checkpoint(ckpt, device="cpu", mode="seed")
+    x = np.random.default_rng(2).standard_normal(16000 * 2 + 500).astype(np.float32)
+    padded = np.pad(x, (0, 16000 - 500)).reshape(3, 1, 16000)
+    with torch.no_grad():
+        expected = seed.model(torch.from_numpy(padded)).reshape(-1)[: len(x)].numpy()
+    np.testing.assert_allclose(seed(x, 16000), expected, atol=1e-5)
+    overlap = Denoiser.from_checkpoint(ckpt, device="cpu")
+    assert not np.allclose(overlap(x, 16000), expected, atol=1e-3)
+
+
+def test_output_naming_folders_globs_and_overwrite(ckpt, tmp_path):
+    src = tmp_path / "in"
+    write_speech(src / "a.wav", 0.3)
+    write_speech(src / "sub" / "b.flac", 0.3)
+    assert cli(src, "-c", ckpt) == 0  # beside each input
+    assert (src / "a_denoised.wav").exists() and (src / "sub" / "b_denoised.flac").exists()
+    assert cli(src, "-c", ckpt, "-o", tmp_path / "out") == 0  # earlier outputs are skipped
+    produced = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.*"))
+    assert [str(p) for p in produced] == ["a.wav", "sub/b.flac"]
+    assert cli(f"{src}/**/*.flac", "-c", ckpt, "-o", tmp_path / "g") == 0
+    assert [p.name for p in (tmp_path / "g").iterdir()] == ["b.flac"]
+    before = (src / "a.wav").read_bytes()
+    assert cli(src / "a.wav", "-c", ckpt, "-o", src / "a.wav") == 2
+    assert (src / "a.wav").read_bytes() == before
+    assert cli(src / "a.wav", "-c", ckpt, "-o", src / "a.wav", "--overwrite") == 0
+    assert (src / "a.wav").read_bytes() != before
+
+
+def test_bad_files_are_reported_and_the_rest_processed(ckpt, tmp_path, capsys):
+    good = write_speech(tmp_path / "good.wav", 0.5)
+    short = write_speech(tmp_path / "short.wav", 0.01)  # shorter than one segment: padded
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("not audio")
+    nan = np.ones(4000, np.float32)
+    nan[2000] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), nan, 16000, subtype="FLOAT")
+    code = cli(tmp_path / "*.wav", tmp_path / "missing.wav", "-c", ckpt, "-o", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: {tmp_path / 'empty.wav'}: empty file (0 bytes)" in err
+    assert f"error: {tmp_path / 'notes.wav'}: unreadable or corrupt audio" in err
+    assert f"error: {tmp_path / 'nan.wav'}: NaN or infinite samples at 0.12 s" in err
+    assert f"error: {tmp_path / 'missing.wav'}: no such file" in err
+    assert "error: 4 of 6 file(s) failed" in err
+    outputs = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert outputs == [good.name, short.name]  # no half-written files from the failures
+    assert sf.info(str(tmp_path / "o" / short.name)).frames == 160
+
+
+def test_unwritable_output_is_one_line(ckpt, tmp_path, capsys):
+    src = write_speech(tmp_path / "a.wav", 0.3)
+    (tmp_path / "file").write_text("a file, not a folder")
+    target = tmp_path / "file" / "x.wav"
+    assert cli(src, "-c", ckpt, "-o", target) == 1
+    assert f"error: {src}: cannot write output {target} (" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_checkpoint_errors_are_one_line(tmp_path, capsys):
+    src = write_speech(tmp_path / "a.wav", 0.3)
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    cases = {
+        tmp_path / "none.pt": "checkpoint not found",
+        tmp_path / "corrupt.pt": "not a readable checkpoint",
+        tmp_path / "foreign.pt": "not a diffdenoise checkpoint",
+    }
+    for path, message in cases.items():
+        assert cli(src, "-c", path) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"error: {path}: {message}" + lines[0].split(message, 1)[1]]
+    assert not (tmp_path / "a_denoised.wav").exists()
+
+
+def test_checkpoint_with_wrong_weights_is_refused(ckpt, tmp_path, capsys):
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"]["model"]["channels"] = 32
+    torch.save(payload, tmp_path / "bad.pt")
+    src = write_speech(tmp_path / "a.wav", 0.3)
+    assert cli(src, "-c", tmp_path / "bad.pt") == 2
+    assert "weights do not fit its model config" in capsys.readouterr().err
+
+
+def test_plot_and_original_api(ckpt, tmp_path):
+    src = write_speech(tmp_path / "a.wav", 0.5)
+    assert cli(src, "-c", ckpt, "--plot") == 0
+    png = tmp_path / "a_denoised.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    out = denoise_audio(model_path=ckpt, noisy_audio_path=src, output_path=tmp_path / "b.wav")
+    assert sf.info(str(out)).frames == 8000
+
+
+@pytest.mark.slow
+def test_trained_tiny_model_improves_si_sdr(trained_tiny, tmp_path):
+    clean_path = write_speech(tmp_path / "clean.wav", 3.0, seed=123)
+    clean, rate = sf.read(str(clean_path), dtype="float32")
+    noise = pink(np.random.default_rng(5), len(clean))
+    noisy = mix_at_snr(clean, noise, 0.0)
+    sf.write(str(tmp_path / "noisy.wav"), noisy, rate, subtype="FLOAT")
+    assert cli(tmp_path / "noisy.wav", "-c", trained_tiny) == 0
+    denoised, _ = sf.read(str(tmp_path / "noisy_denoised.wav"), dtype="float32")
+    before, after = float(si_sdr(noisy, clean)), float(si_sdr(denoised, clean))
+    assert after > before + 3.0, (before, after)
