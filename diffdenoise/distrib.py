@@ -253,8 +253,8 @@ class Tracker:
         self.acc.log(media, step=step)
 
     def finish(self) -> None:
-        if self.enabled:
-            self.acc.end_training()
+        # also destroys the process group: gloo aborts at exit (SIGABRT) if it is left alive
+        self.acc.end_training()
 
 
 def _new_id() -> str:

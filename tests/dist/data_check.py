@@ -47,6 +47,7 @@ def main(shard_dir: str, out: str, workers: int) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group; gloo aborts at exit otherwise
 
 
 if __name__ == "__main__":
