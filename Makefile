@@ -44,14 +44,33 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(PY) launch/train.py configs/tiny.yaml train.run_name=demo train.max_steps=0 \
 		train.max_minutes=1 train.val_every=200 checkpoint.every=200
-	@echo "demo outputs: shards/demo/ (shards + manifest.json), runs/demo/ (best.pt, metrics.jsonl, wandb/)"
+	$(PY) -m diffdenoise.demo_data $(DEMO_DIR) --example --seed 1
+	$(PY) -m diffdenoise.infer $(DEMO_DIR)/example_noisy.wav -c runs/demo/best.pt \
+		-o $(DEMO_DIR)/example_denoised.wav --plot
+	@echo "SI-SDR before and after, against the clean reference:"
+	@$(PY) -m diffdenoise.metrics $(DEMO_DIR)/example_clean.wav \
+		$(DEMO_DIR)/example_noisy.wav $(DEMO_DIR)/example_denoised.wav
+	@echo "demo outputs: shards/demo/ (shards + manifest.json), runs/demo/ (best.pt, metrics.jsonl, wandb/),"
+	@echo "  $(DEMO_DIR)/example_denoised.wav (+ .png spectrograms) from $(DEMO_DIR)/example_noisy.wav"
 
 train: $(STAMP)
 	@test -f shards/demo/manifest.json || $(MAKE) --no-print-directory shards
 	$(PY) launch/train.py $(CONFIG) $(ARGS)
 
-infer bench eval quality:
-	@echo "make $@: not available yet (see the open issues 4/6 and 6/6)" >&2; exit 1
+INPUT ?= $(DEMO_DIR)/example_noisy.wav
+CKPT ?= runs/demo/best.pt
+OUT ?=
+EVAL_ARGS ?= --baseline
+
+infer: $(STAMP)
+	$(PY) -m diffdenoise.infer $(INPUT) -c $(CKPT) $(if $(OUT),-o $(OUT))
+
+eval: $(STAMP)
+	$(PY) -m diffdenoise.evaluate -c $(CKPT) --shards 'shards/demo/val-*.tar' \
+		--json runs/demo/eval.json $(EVAL_ARGS)
+
+bench quality:
+	@echo "make $@: not available yet (see the open issue 6/6)" >&2; exit 1
 
 shards: $(STAMP)
 ifeq ($(CLEAN_DIR),)

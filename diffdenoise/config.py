@@ -151,6 +151,7 @@ CHOICES = {
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
 NOISE_TYPES = ("gaussian", "pink", "brown", "corpus")
+VAL_METRICS = ("si_sdr", "pesq", "stoi")  # diffdenoise.metrics.METRICS
 
 
 def _check_keys(node: Any, schema: type, prefix: str, source: str) -> None:
@@ -194,6 +195,11 @@ def _validate(cfg: DictConfig) -> None:
         if name not in NOISE_TYPES:
             raise ConfigError(
                 f"'noise.weights.{name}' is not a noise type; choose from {', '.join(NOISE_TYPES)}"
+            )
+    for name in cfg.train.val_metrics:
+        if name not in VAL_METRICS:
+            raise ConfigError(
+                f"'train.val_metrics' has '{name}'; choose from {', '.join(VAL_METRICS)}"
             )
     if cfg.noise.snr_min > cfg.noise.snr_max:
         raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")

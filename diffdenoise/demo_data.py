@@ -108,13 +108,35 @@ def generate(out: Path, minutes: float, seed: int, rate: int = 16000) -> list[Pa
     return paths
 
 
+def example(out: Path, seed: int, rate: int = 16000, snr: float = 5.0) -> tuple[Path, Path]:
+    """A held-out pair for demos: ``example_clean.wav`` and ``example_noisy.wav`` (pink noise).
+
+    Its seed stream is disjoint from :func:`generate`'s, so it was never trained on.
+    """
+    from diffdenoise.noise import mix_at_snr, pink
+
+    rng = np.random.default_rng([seed, 10**6])
+    clean = utterance(rng, 6.0, rate)
+    noisy = mix_at_snr(clean, pink(rng, len(clean)), snr)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "example_clean.wav", out / "example_noisy.wav"
+    for path, wave in zip(paths, (clean, noisy)):
+        audio.write(path, wave, rate, subtype="FLOAT")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.demo_data", description=__doc__)
     p.add_argument("out", type=Path)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--example", action="store_true", help="write one held-out noisy/clean pair")
     args = p.parse_args(argv)
+    if args.example:
+        clean, noisy = example(args.out, args.seed, args.sample_rate)
+        print(f"wrote {noisy} and its clean reference {clean}")
+        return 0
     paths = generate(args.out, args.minutes, args.seed, args.sample_rate)
     print(f"wrote {len(paths)} files ({args.minutes:g} min) under {args.out}")
     return 0

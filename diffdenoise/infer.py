@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from diffdenoise import audio
@@ -166,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     total = sum(_seconds(job.src) for job in jobs)
     failed, seconds, started = 0, 0.0, time.perf_counter()
     with tqdm(total=round(total, 2), unit="s", desc="denoising", dynamic_ncols=True) as bar:

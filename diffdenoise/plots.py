@@ -20,7 +20,9 @@ def spectrogram_figure(signals: dict[str, np.ndarray], rate: int, n_fft: int = 5
         frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * window
         specs[name] = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=-1)).T + 1e-8)
     vmax = max(s.max() for s in specs.values())
-    fig, axes = plt.subplots(len(specs), 1, figsize=(8, 2.2 * len(specs)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(specs), 1, figsize=(8, 2.4 * len(specs)), squeeze=False, layout="constrained"
+    )
     for ax, (name, s) in zip(axes[:, 0], specs.items()):
         image = ax.imshow(
             s,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from diffdenoise import __version__, checkpoint, config, data, distrib
 from diffdenoise.losses import build_loss
-from diffdenoise.metrics import si_sdr
+from diffdenoise.metrics import score
 from diffdenoise.model import build_model
 from diffdenoise.schedule import build_scheduler
 
@@ -147,41 +147,42 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float):
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, batches, acc, metrics=()) -> dict[str, float]:
-    """Exact validation: per-sample sums all-reduced over ranks, then divided by the count."""
+def evaluate(model, loss_fn, batches, acc, metrics=(), rate: int = 16000) -> dict[str, float]:
+    """Exact validation: per-sample sums all-reduced over ranks, then divided by the count.
+
+    ``metrics`` (``si_sdr``, ``pesq``, ``stoi``) are averaged over the samples where they
+    are defined: PESQ refuses silent crops, and those are left out of its mean.
+    """
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    count = torch.zeros((), dtype=torch.float64, device=acc.device)
+    # the names are fixed by the loss, so a rank with no samples still joins the reduce
+    _, probe = loss_fn(
+        torch.zeros(1, 1, 64, device=acc.device), torch.zeros(1, 1, 64, device=acc.device)
+    )
+    names = sorted([*probe, *metrics])
+    sums = torch.zeros(len(names), dtype=torch.float64)
+    counts = torch.zeros(len(names), dtype=torch.float64)
     for batch in batches:
         noisy, clean, t = (batch[k].to(acc.device) for k in ("noisy", "clean", "t"))
         with acc.autocast():
             estimate = model(noisy, t).float()
         for i in range(estimate.shape[0]):
             _, parts = loss_fn(estimate[i : i + 1], clean[i : i + 1])
-            if "si_sdr" in metrics:
-                parts["si_sdr"] = si_sdr(estimate[i, 0], clean[i, 0])
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.double()
-        count += estimate.shape[0]
+            values = {k: v.item() for k, v in parts.items()}
+            if metrics:
+                est, ref = estimate[i, 0].cpu().numpy(), clean[i, 0].cpu().numpy()
+                values.update(score(est, ref, rate, metrics))
+            for j, name in enumerate(names):
+                if math.isfinite(values[name]) or name in parts:
+                    sums[j] += values[name]
+                    counts[j] += 1
     model.train()
-    # the names are fixed by the loss, so a rank with no samples still joins the reduce
-    _, probe = loss_fn(
-        torch.zeros(1, 1, 64, device=acc.device), torch.zeros(1, 1, 64, device=acc.device)
-    )
-    names = sorted([*probe, *(["si_sdr"] if "si_sdr" in metrics else [])])
-    stacked = torch.stack(
-        [
-            count,
-            *[
-                torch.as_tensor(sums.get(k, 0.0), device=acc.device, dtype=torch.float64)
-                for k in names
-            ],
-        ]
-    )
-    stacked = acc.reduce(stacked, reduction="sum")
-    n = max(stacked[0].item(), 1.0)
-    result = {k: stacked[i + 1].item() / n for i, k in enumerate(names)}
-    result["samples"] = stacked[0].item()
+    totals = acc.reduce(torch.cat([sums, counts]).to(acc.device), reduction="sum").cpu()
+    sums, counts = totals[: len(names)], totals[len(names) :]
+    result = {
+        k: sums[j].item() / counts[j].item() if counts[j] else float("nan")
+        for j, k in enumerate(names)
+    }
+    result["samples"] = counts[names.index("total")].item()
     return result
 
 
@@ -367,7 +368,9 @@ def run_validation(
         return ema.average_parameters() if ema is not None else distrib.nullcontext()
 
     with ctx():
-        val = evaluate(net, loss_fn, val_batches(), acc, tuple(cfg.train.val_metrics))
+        val = evaluate(
+            net, loss_fn, val_batches(), acc, tuple(cfg.train.val_metrics), cfg.data.sample_rate
+        )
     state.validations += 1
     tracker.log({f"val/{k}": v for k, v in val.items()}, state.step)
     if state.validations % cfg.log.media_every == 1 or cfg.log.media_every == 1:

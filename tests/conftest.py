@@ -36,3 +36,17 @@ def trained_tiny(tmp_path_factory):
         ]
     )
     return tmp / "runs" / "tiny" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
+    from diffdenoise import config
+    from diffdenoise.checkpoint import save_best
+    from diffdenoise.model import build_model
+
+    cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
+    torch.manual_seed(0)
+    weights = build_model(cfg.model).state_dict()
+    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
+    return save_best(tmp_path_factory.mktemp("ckpt"), payload, keep_copies=1)

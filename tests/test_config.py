@@ -69,3 +69,8 @@ def test_config_is_read_only():
     cfg = config.load()
     with pytest.raises(Exception, match="read-only"):
         cfg.model.channels = 3
+
+
+def test_unknown_validation_metric_is_named():
+    with pytest.raises(ConfigError, match="'train.val_metrics' has 'pesq2'; choose from si_sdr"):
+        config.load(["configs/tiny.yaml"], ["train.val_metrics=[si_sdr,pesq2]"])

@@ -5,24 +5,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffdenoise import Denoiser, config, denoise_audio, infer
-from diffdenoise.checkpoint import save_best
+from diffdenoise import Denoiser, denoise_audio, infer
 from diffdenoise.metrics import si_sdr
-from diffdenoise.model import build_model
 from diffdenoise.noise import mix_at_snr, pink
 from tests.helpers import write_speech
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
-    cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    run = tmp_path_factory.mktemp("ckpt")
-    weights = model.state_dict()
-    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
-    return save_best(run, payload, keep_copies=1)
 
 
 def cli(*args):

@@ -1,0 +1,264 @@
+"""Score denoisers: ``python -m diffdenoise.evaluate -c CKPT (--shards GLOB | --clean-dir D)``.
+
+For every test item it measures SI-SDR, wideband PESQ and STOI of the noisy input and of
+each system's output, and reports means overall and per input-SNR bucket, as a markdown
+table on stdout and every number in a JSON file. Clean-only data gets noise mixed in at
+each ``--snr``, deterministically, seeded by the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from diffdenoise import audio, noise
+from diffdenoise.baseline import wiener
+from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.data import AUDIO_EXTS, DataError, expand_urls
+from diffdenoise.denoiser import Denoiser
+from diffdenoise.metrics import METRICS, score
+from diffdenoise.shard import find_partner, walk
+
+EVAL_SEED = 20240917
+DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
+NOISE_KINDS = tuple(noise.GENERATORS)
+
+
+class EvalError(ValueError):
+    """Evaluation inputs that cannot work, phrased for the user."""
+
+
+@dataclass
+class Item:
+    """One test signal: ``(time,)`` clean and noisy audio at ``rate``."""
+
+    key: str
+    clean: np.ndarray
+    noisy: np.ndarray
+    rate: int
+    snr: float  # the input SNR in dB (mixed at, or measured for stored pairs)
+    bucket: str
+
+
+def bucket_of(snr: float) -> str:
+    return f"{5 * round(snr / 5):g} dB"
+
+
+def mixed(key: str, clean: np.ndarray, rate: int, snrs, noise_files) -> Iterator[Item]:
+    """``clean`` with noise at every SNR; noise kind, crop and signal seeded by the key."""
+    for index, snr in enumerate(snrs):
+        rng = np.random.default_rng([EVAL_SEED, zlib.crc32(key.encode()), index])
+        if noise_files:
+            sound = _noise_crop(noise_files[rng.integers(len(noise_files))], rate, len(clean), rng)
+        else:
+            sound = noise.GENERATORS[NOISE_KINDS[rng.integers(len(NOISE_KINDS))]](rng, len(clean))
+        noisy = noise.mix_at_snr(clean, sound, snr)
+        yield Item(f"{key}@{snr:g}dB", clean, noisy, rate, float(snr), bucket_of(snr))
+
+
+def _noise_crop(path: Path, rate: int, length: int, rng) -> np.ndarray:
+    data, orig = audio.read(path)
+    wave = audio.resample(audio.to_mono(data), orig, rate)
+    wave = np.tile(wave, math.ceil(length / max(len(wave), 1)) + 1)
+    start = int(rng.integers(0, len(wave) - length + 1))
+    return wave[start : start + length]
+
+
+def paired(key: str, clean: np.ndarray, noisy: np.ndarray, rate: int) -> Item:
+    n = min(len(clean), len(noisy))
+    clean, noisy = clean[:n], noisy[:n]
+    snr = noise.snr_db(clean, noisy)
+    return Item(key, clean, noisy, rate, snr, bucket_of(snr))
+
+
+def shard_items(pattern: str, snrs, noise_files, limit: int = 0) -> Iterator[Item]:
+    """Items from WebDataset shards: stored noisy twins where present, else mixed noise."""
+    try:
+        urls = expand_urls(pattern)
+    except DataError:
+        raise EvalError(f"--shards {pattern}: matches no shard files") from None
+    samples = wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples())
+    for index, sample in enumerate(samples):
+        if limit and index >= limit:
+            return
+        ext = next((e for e in AUDIO_EXTS if e in sample), None)
+        if ext is None:
+            continue
+        clean, rate = audio.decode(sample[ext])
+        key = sample["__key__"]
+        if f"noisy.{ext}" in sample:
+            yield paired(key, clean, audio.decode(sample[f"noisy.{ext}"])[0], rate)
+        else:
+            yield from mixed(key, clean, rate, snrs, noise_files)
+
+
+def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
+    """Items from a clean folder, paired with ``noisy_dir`` by name, or mixed."""
+    if not clean_dir.is_dir():
+        raise EvalError(f"--clean-dir {clean_dir}: not a folder")
+    files, _ = walk(clean_dir)
+    if not files:
+        raise EvalError(f"--clean-dir {clean_dir}: no audio files")
+    for rel in files[: limit or None]:
+        data, rate = audio.read(clean_dir / rel)
+        clean = audio.to_mono(data)
+        if noisy_dir is None:
+            yield from mixed(rel, clean, rate, snrs, noise_files)
+            continue
+        partner = find_partner(rel, noisy_dir)
+        if partner is None:
+            print(f"warning: {clean_dir / rel}: no noisy partner in {noisy_dir}", file=sys.stderr)
+            continue
+        noisy, noisy_rate = audio.read(partner)
+        yield paired(rel, clean, audio.resample(audio.to_mono(noisy), noisy_rate, rate), rate)
+
+
+def run(items, systems: dict[str, Callable]) -> list[dict]:
+    """Score the noisy input and every system on every item."""
+    rows = []
+    for item in tqdm(list(items), desc="scoring", unit="item", dynamic_ncols=True):
+        if not np.abs(item.clean).max(initial=0.0) > 0:
+            tqdm.write(
+                f"warning: {item.key}: silent clean reference, skipped (no metric is defined)",
+                file=sys.stderr,
+            )
+            continue
+        outputs = {"noisy": item.noisy}
+        outputs |= {name: fn(item.noisy, item.rate) for name, fn in systems.items()}
+        rows.append(
+            {
+                "key": item.key,
+                "snr": item.snr,
+                "bucket": item.bucket,
+                "scores": {
+                    name: score(out, item.clean, item.rate, METRICS)
+                    for name, out in outputs.items()
+                },
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Means per bucket (and ``all``) and system; deltas are against the noisy input."""
+    buckets = sorted({r["bucket"] for r in rows}, key=lambda b: float(b.split()[0]))
+    summary = {}
+    for bucket in [*buckets, "all"]:
+        chosen = [r for r in rows if bucket in ("all", r["bucket"])]
+        summary[bucket] = {name: _means(chosen, name) for name in chosen[0]["scores"]}
+    return summary
+
+
+def _means(rows: list[dict], system: str) -> dict:
+    out: dict = {"n": len(rows)}
+    for metric in METRICS:
+        values = np.array([r["scores"][system][metric] for r in rows])
+        base = np.array([r["scores"]["noisy"][metric] for r in rows])
+        ok = np.isfinite(values) & np.isfinite(base)
+        out[metric] = float(values[ok].mean()) if ok.any() else None
+        out[f"{metric}_delta"] = float((values - base)[ok].mean()) if ok.any() else None
+        out[f"{metric}_failed"] = int((~ok).sum())
+    return out
+
+
+def markdown(summary: dict) -> str:
+    head = "| input SNR | system | n | SI-SDR | ΔSI-SDR | PESQ | ΔPESQ | STOI | ΔSTOI |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for bucket, systems in summary.items():
+        for name, m in systems.items():
+            cells = []
+            for metric, digits in (("si_sdr", 2), ("pesq", 3), ("stoi", 3)):
+                cells.append(_fmt(m[metric], digits))
+                cells.append("" if name == "noisy" else _fmt(m[f"{metric}_delta"], digits, "+"))
+            lines.append(f"| {bucket} | {name} | {m['n']} | " + " | ".join(cells) + " |")
+    failed = summary["all"]["noisy"]["pesq_failed"]
+    if failed:
+        lines.append(f"\nPESQ refused {failed} item(s) (silent or too short); left out of PESQ.")
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int, sign: str = "") -> str:
+    return "n/a" if value is None else f"{value:{sign}.{digits}f}"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m diffdenoise.evaluate", description=__doc__)
+    p.add_argument("-c", "--checkpoint", action="append", default=[], help="repeat to compare")
+    p.add_argument("--shards", help="glob of WebDataset shards, e.g. 'shards/demo/val-*.tar'")
+    p.add_argument("--clean-dir", type=Path, help="folder of clean audio")
+    p.add_argument("--noisy-dir", type=Path, help="noisy twins of --clean-dir (same names)")
+    p.add_argument("--noise-dir", type=Path, help="noise recordings to mix (default: synthetic)")
+    p.add_argument("--snr", default=",".join(f"{s:g}" for s in DEFAULT_SNRS), help="dB list")
+    p.add_argument("--baseline", action="store_true", help="also score a Wiener filter")
+    p.add_argument("--max-files", type=int, default=0, help="evaluate at most N files (0: all)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", type=Path, help="where to write every number (default: eval.json)")
+    return p.parse_args(argv)
+
+
+def parse_snrs(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise EvalError(f"--snr '{text}': expected a comma-separated list of dB values") from None
+
+
+def build_systems(args) -> dict[str, Callable]:
+    names = [Path(c).parent.name or "model" for c in args.checkpoint]
+    if len(args.checkpoint) == 1 or len(set(names)) < len(names):
+        names = ["model"] if len(args.checkpoint) == 1 else [str(c) for c in args.checkpoint]
+    systems = {
+        n: Denoiser.from_checkpoint(c, device=args.device) for n, c in zip(names, args.checkpoint)
+    }
+    if args.baseline:
+        systems["wiener"] = wiener
+    if not systems:
+        raise EvalError("nothing to score: give -c CHECKPOINT and/or --baseline")
+    return systems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if bool(args.shards) == bool(args.clean_dir):
+            raise EvalError("give exactly one of --shards GLOB or --clean-dir DIR")
+        snrs = parse_snrs(args.snr)
+        noise_files = (
+            [args.noise_dir / f for f in walk(args.noise_dir)[0]] if args.noise_dir else []
+        )
+        systems = build_systems(args)
+        if args.shards:
+            items = shard_items(args.shards, snrs, noise_files, args.max_files)
+        else:
+            items = folder_items(args.clean_dir, args.noisy_dir, snrs, noise_files, args.max_files)
+        rows = run(items, systems)
+    except (EvalError, CheckpointError, audio.AudioError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not rows:
+        print("error: no items to evaluate", file=sys.stderr)
+        return 2
+    summary = summarise(rows)
+    print(markdown(summary))
+    out = args.json or Path("eval.json")
+    report = {"checkpoints": args.checkpoint, "snrs": snrs, "summary": summary, "items": rows}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
+    print(f"every number: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
