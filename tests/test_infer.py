@@ -162,3 +162,16 @@ def test_trained_tiny_model_improves_si_sdr(trained_tiny, tmp_path):
     denoised, _ = sf.read(str(tmp_path / "noisy_denoised.wav"), dtype="float32")
     before, after = float(si_sdr(noisy, clean)), float(si_sdr(denoised, clean))
     assert after > before + 3.0, (before, after)
+
+
+def test_ema_weights_by_default_raw_with_no_ema(ckpt, tmp_path):
+    payload = torch.load(ckpt, weights_only=True)
+    payload["ema_model"] = {k: v * 0.5 for k, v in payload["model"].items()}
+    torch.save(payload, tmp_path / "ema.pt")
+    src = write_speech(tmp_path / "a.wav", 0.4)
+    assert cli(src, "-c", tmp_path / "ema.pt", "-o", tmp_path / "ema.wav") == 0
+    assert cli(src, "-c", tmp_path / "ema.pt", "-o", tmp_path / "raw.wav", "--no-ema") == 0
+    assert cli(src, "-c", ckpt, "-o", tmp_path / "ref.wav") == 0
+    ema, raw, ref = (sf.read(str(tmp_path / f"{n}.wav"))[0] for n in ("ema", "raw", "ref"))
+    np.testing.assert_array_equal(raw, ref)  # --no-ema: the raw weights, as saved
+    assert np.abs(ema - raw).max() > 1e-3

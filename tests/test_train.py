@@ -404,3 +404,14 @@ def test_time_budget_accumulation_precision_fallback_and_val_metric(shards, tmp_
     # each optimizer step consumed two micro-batches of 4
     last = train_rows[-1]
     assert last["epoch"] == pytest.approx(last["step"] * 2 / per_epoch, rel=1e-6)
+
+
+def test_torch_compile_trains_and_saves_plain_weights(shards, tmp_path):
+    extra = ["train.compile=true", "train.max_steps=3", "train.val_every=3", "checkpoint.every=3"]
+    python_run([TRAIN, *args_for(shards, tmp_path / "runs", *extra, "log.wandb_mode=disabled")])
+    best = run_dir_of(tmp_path / "runs") / "best.pt"
+    weights = load_best(best)["model"]
+    assert not any(k.startswith("_orig_mod.") for k in weights)  # loads without compile
+    from diffdenoise import Denoiser
+
+    assert Denoiser.from_checkpoint(best, device="cpu")(torch.zeros(100), 16000).shape == (100,)
