@@ -75,9 +75,13 @@ def derive_run_name(files: list[str], overrides: list[str]) -> str:
     return name
 
 
+def run_dir_for(cfg, files: list[str], overrides: list[str]) -> Path:
+    return Path(cfg.train.runs_dir) / (cfg.train.run_name or derive_run_name(files, overrides))
+
+
 def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
     """Create ``runs/<run>``; a fresh run must not land on an earlier run's outputs."""
-    run_dir = Path(cfg.train.runs_dir) / (cfg.train.run_name or derive_run_name(files, overrides))
+    run_dir = run_dir_for(cfg, files, overrides)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -388,8 +388,14 @@ def run_validation(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``launch/train.py CONFIG.yaml [CONFIG.yaml ...] [key=value ...]``."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``launch/train.py [--print-run-dir] CONFIG.yaml [CONFIG.yaml ...] [key=value ...]``.
+
+    ``--print-run-dir`` prints the run folder the same arguments would train in and exits,
+    so job scripts can find its log and ``PREEMPTED`` marker.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    print_run_dir = "--print-run-dir" in argv
+    argv = [a for a in argv if a != "--print-run-dir"]
     files = [a for a in argv if "=" not in a]
     overrides = [a for a in argv if "=" in a]
     if not files:
@@ -397,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = config.load(files, overrides)
+        if print_run_dir:
+            print(distrib.run_dir_for(cfg, files, overrides))
+            return 0
         run_dir = distrib.prepare_run_dir(cfg, files, overrides)
         resume_from = checkpoint.resolve_resume(run_dir, cfg.train.resume)
         return train(cfg, run_dir, resume_from)
