@@ -69,8 +69,12 @@ eval: $(STAMP)
 	$(PY) -m diffdenoise.evaluate -c $(CKPT) --shards 'shards/demo/val-*.tar' \
 		--json runs/demo/eval.json $(EVAL_ARGS)
 
-bench quality:
-	@echo "make $@: not available yet (see the open issue 6/6)" >&2; exit 1
+bench: $(STAMP)
+	$(PY) -m diffdenoise.bench
+
+QUALITY_MINUTES ?= 6
+quality: $(STAMP)
+	$(PY) -m diffdenoise.quality --minutes $(QUALITY_MINUTES)
 
 shards: $(STAMP)
 ifeq ($(CLEAN_DIR),)
@@ -87,4 +91,4 @@ ifneq ($(NOISE_DIR),)
 endif
 
 clean:
-	rm -rf $(DEMO_DIR) runs shards/*/ bench/results.json .pytest_cache
+	rm -rf $(DEMO_DIR) runs/*/ shards/*/ bench/results.json .pytest_cache

@@ -1,0 +1,438 @@
+"""``python -m diffdenoise.bench``: throughput and memory figures, each with its target.
+
+Every speed figure is a ratio of two things measured side by side in this one run (the
+machines are shared and noisy), or a quantity that does not depend on speed (memory).
+Prints a table and writes ``bench/results.json``; ``--gpu`` adds the GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from diffdenoise import config, data, demo_data, shard
+from diffdenoise.checkpoint import save_best
+from diffdenoise.denoiser import Denoiser
+from diffdenoise.model import build_model, count_parameters, gflops_per_second
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def row(bid, figure, value, target, passed, **details) -> dict:
+    return {
+        "id": bid,
+        "figure": figure,
+        "value": value,
+        "target": target,
+        "pass": passed,
+        **details,
+    }
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_corpus(work: Path, minutes: float, rate: int) -> Path:
+    src = work / f"corpus{rate}"
+    if not src.exists():
+        demo_data.generate(src, minutes, seed=7, rate=rate)
+    return src
+
+
+# --- B7: sharding speed ------------------------------------------------------------------
+
+
+def bench_sharding(work: Path) -> tuple[dict, Path]:
+    """Shard a 44.1 kHz corpus to 48 kHz FLAC with 1 and 2 workers, alternately."""
+    src = make_corpus(work, 4.0, 44100)
+    seconds = sum(sf.info(str(p)).duration for p in src.rglob("*.wav"))
+    times = {1: [], 2: []}
+    for _ in range(2):
+        for workers in (1, 2):
+            out = work / f"shards{workers}"
+            args = [str(src), "--name", "b", "--out", str(out), "--sample-rate", "48000"]
+            args += ["--workers", str(workers), "--shard-mb", "8", "--val-fraction", "0.1"]
+            times[workers].append(timed(lambda a=args: _quiet(shard.main, a)))
+    t1, t2 = min(times[1]), min(times[2])
+    rate1 = seconds / 3600 / (t1 / 3600)  # audio-hours per hour, one worker
+    ratio = t1 / t2
+    figure = "sharding: audio-hours per hour per worker (44.1 kHz WAV -> 48 kHz FLAC)"
+    result = row(
+        "B7", figure, round(rate1, 1), "reported; 2-worker/1-worker >= 1.6",
+        ratio >= 1.6, two_worker_ratio=round(ratio, 2), corpus_seconds=round(seconds, 1),
+    )  # fmt: skip
+    return result, work / "shards2" / "b"
+
+
+def _quiet(fn, *args):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args)
+
+
+# --- B1: loader throughput ---------------------------------------------------------------
+
+
+def bench_loader(shards: Path, consumption: dict[str, float]) -> dict:
+    """One loader (this process, one thread): 1 s crops at 48 kHz, FLAC, noise mixed in."""
+    torch.set_num_threads(1)
+    urls = data.expand_urls(f"{shards}/train-*.tar")
+    weights = {"gaussian": 1.0, "pink": 1.0, "brown": 0.5}
+    mixer = data.Mixer(weights, -5.0, 20.0, -10.0, 6.0, "random", 1000, 0)
+    stream = data.TrainStream(
+        urls, segment=48000, sample_rate=48000, batch_size=16, batches=10**6, mixer=mixer,
+        seed=0, rank=0, world_size=1, shuffle_buffer=64,
+    )  # fmt: skip
+    batches = iter(stream)
+    for _ in range(3):
+        next(batches)  # fill the shuffle buffer
+    n = 40
+    seconds = timed(lambda: [next(batches) for _ in range(n)])
+    rate = n * 16 / seconds
+    torch.set_num_threads(2)
+    ratios = {k: round(rate / v, 1) for k, v in consumption.items()}
+    return row(
+        "B1", "loader: audio-s/s per worker (48 kHz FLAC, 1 s crops, noise mixed)",
+        round(rate, 1), ">= 300 audio-s/s, and >= 3x the default config's consumption",
+        rate >= 300 and ratios["default"] >= 3,
+        consumption_audio_s_per_s={k: round(v, 1) for k, v in consumption.items()},
+        ratio_to_consumption=ratios,
+    )  # fmt: skip
+
+
+def train_consumption(name: str, steps: int = 4) -> float:
+    """Audio-seconds per second a config's full train step consumes here (2 threads)."""
+    cfg = config.load([str(ROOT / "configs" / f"{name}.yaml")])
+    model = build_model(cfg.model)
+    loss = _loss(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = cfg.train.batch_size
+    x = torch.randn(batch, 1, cfg.data.segment) * 0.1
+    step = lambda: _bare_step(model, loss, opt, x, x)  # noqa: E731
+    step()
+    seconds = timed(step, steps)
+    return batch * cfg.data.segment / cfg.data.sample_rate / seconds
+
+
+def _loss(cfg):
+    from diffdenoise.losses import build_loss
+
+    return build_loss(cfg.loss)
+
+
+def _bare_step(model, loss_fn, opt, noisy, clean):
+    total, _ = loss_fn(model(noisy), clean)
+    total.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+# --- B2: framework overhead --------------------------------------------------------------
+
+
+def bench_overhead(work: Path) -> dict:
+    """The framework's step (Accelerate, clipping, EMA, scheduler, logging) vs a bare loop."""
+    from accelerate import Accelerator
+    from torch_ema import ExponentialMovingAverage
+
+    from diffdenoise import distrib
+    from diffdenoise.schedule import build_scheduler
+    from diffdenoise.train import TrainState, train_step
+
+    cfg = config.load([str(ROOT / "configs/default.yaml")], ["log.wandb_mode=disabled"])
+    batch = {"noisy": torch.randn(4, 1, 48000) * 0.1, "t": torch.zeros(4, dtype=torch.long)}
+    batch["clean"] = batch["noisy"] * 0.5
+    loss_fn = _loss(cfg)
+    torch.manual_seed(0)
+    bare_model = build_model(cfg.model)
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True)
+    model = build_model(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = build_scheduler(opt, 1000, **cfg.schedule)
+    model, opt = acc.prepare(model, opt)
+    ema = ExponentialMovingAverage(acc.unwrap_model(model).parameters(), decay=0.999)
+    run_dir = work / "overhead"
+    run_dir.mkdir(exist_ok=True)
+    tracker = distrib.Tracker(acc, cfg, run_dir)
+    tracker.start(TrainState(), {})
+    steps = {"n": 0}
+
+    def framework():
+        parts, grad_norm, _ = train_step(model, loss_fn, opt, [batch], acc, 1.0)
+        ema.update()
+        scheduler.step()
+        steps["n"] += 1
+        if steps["n"] % 2 == 0:  # logging every other step: more often than any real run
+            tracker.log({**parts, "grad_norm": grad_norm}, steps["n"])
+
+    def bare():
+        _bare_step(bare_model, loss_fn, bare_opt, batch["noisy"], batch["clean"])
+
+    framework(), bare()
+    ours, theirs = [], []
+    for _ in range(6):  # interleaved, so load changes hit both alike
+        ours.append(timed(framework, 3))
+        theirs.append(timed(bare, 3))
+    overhead = statistics.median(ours) / statistics.median(theirs) - 1
+    return row(
+        "B2", "framework overhead: our train step vs a bare PyTorch loop (default model)",
+        f"{overhead * 100:+.1f} %", "<= 10 % slower", overhead <= 0.10,
+        step_s_framework=round(statistics.median(ours), 4),
+        step_s_bare=round(statistics.median(theirs), 4),
+    )  # fmt: skip
+
+
+# --- B3: CPU scaling ---------------------------------------------------------------------
+
+
+def bench_scaling(work: Path, shards16: Path) -> dict:
+    """Global audio-s/s of real training runs: 2 gloo processes x 1 thread vs 1 x 1."""
+    args = [
+        "configs/default.yaml", f"data.train_shards={shards16}/train-*.tar",
+        f"data.val_shards={shards16}/val-*.tar", "data.sample_rate=16000", "data.segment=16000",
+        "data.num_workers=0", "train.batch_size=8", "train.max_epochs=0", "train.max_steps=36",
+        "train.val_every=100000", "checkpoint.every=100000", "log.every=4",
+        "log.wandb_mode=disabled", "train.mixed_precision=no", "data.val_max_samples=1",
+    ]  # fmt: skip
+    speeds = {}
+    for procs in (1, 2, 1, 2):
+        runs = work / f"scaling{procs}-{len(speeds.get(procs, []))}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
+        if procs > 1:
+            cmd += ["--multi_gpu", "--num_machines", "1", "--main_process_port", "29731"]
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "launch/train.py", *args]
+        env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", WANDB_SILENT="true")
+        subprocess.run(
+            [*cmd, f"train.runs_dir={runs}"], cwd=ROOT, env=env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        lines = (next(runs.iterdir()) / "metrics.jsonl").read_text().splitlines()
+        rates = [json.loads(x)["train/audio_s_per_s"] for x in lines if "audio_s_per_s" in x]
+        speeds.setdefault(procs, []).append(statistics.median(rates[2:]))  # after warm-up
+    one, two = max(speeds[1]), max(speeds[2])
+    return row(
+        "B3", "CPU scaling: 2 processes x 1 thread (gloo DDP) vs 1 x 1, global audio-s/s",
+        f"{two / one:.2f}x", ">= 1.6x", two / one >= 1.6,
+        audio_s_per_s_1proc=round(one, 1), audio_s_per_s_2proc=round(two, 1),
+    )  # fmt: skip
+
+
+# --- B4, B6: inference speed and model cost ----------------------------------------------
+
+
+def sequential_seed_loop(model, audio: np.ndarray, rate: int) -> np.ndarray:
+    """The original inference: 1 s segments one at a time, t = 0, concatenated."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(audio), rate):
+            seg = np.zeros(rate, np.float32)
+            chunk = audio[start : start + rate]
+            seg[: len(chunk)] = chunk
+            out.append(model(torch.from_numpy(seg)[None, None])[0, 0].numpy())
+    return np.concatenate(out)[: len(audio)]
+
+
+def bench_inference() -> dict:
+    cfg = config.load([str(ROOT / "configs/default.yaml")])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    rate, seconds = cfg.data.sample_rate, 60
+    audio = (np.random.default_rng(0).standard_normal(rate * seconds) * 0.1).astype(np.float32)
+    denoiser = Denoiser(model, rate, segment=1.0, batch_size=16)
+    denoiser(audio[:rate], rate)  # warm-up
+    batched, sequential = [], []
+    for _ in range(2):
+        batched.append(timed(lambda: denoiser(audio, rate)))
+        sequential.append(timed(lambda: sequential_seed_loop(model, audio, rate)))
+    rtf, speedup = min(batched) / seconds, min(sequential) / min(batched)
+    return row(
+        "B4", "inference RTF, default 48 kHz model, 2 threads (batched overlap-add)",
+        round(rtf, 4), "RTF <= 0.05, and batched >= 2x faster than sequential",
+        rtf <= 0.05 and speedup >= 2, speedup_vs_sequential=round(speedup, 2),
+        rtf_sequential_seed=round(min(sequential) / seconds, 4),
+    )  # fmt: skip
+
+
+def bench_model_costs() -> list[dict]:
+    rows = []
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = config.load([str(path)])
+        model = build_model(cfg.model).eval()
+        rate = cfg.data.sample_rate
+        x = torch.randn(4, 1, rate) * 0.1
+        with torch.inference_mode():
+            model(x)
+            rtf = timed(lambda m=model, x=x: m(x), 3) / 4
+        rows.append(
+            row(
+                "B6",
+                f"model cost: {path.name} ({rate} Hz)",
+                round(rtf, 4),
+                "reported",
+                None,
+                params_m=round(count_parameters(model) / 1e6, 3),
+                gflop_per_audio_s=round(gflops_per_second(model, rate), 3),
+                rtf=round(rtf, 4),
+            )
+        )
+    return rows
+
+
+# --- B5: streaming memory ----------------------------------------------------------------
+
+PEAK_SCRIPT = """
+import sys, resource
+from diffdenoise import infer
+code = infer.main(sys.argv[1:])
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", code)
+"""
+
+
+def write_long_file(path: Path, seconds: int, rate: int = 48000) -> None:
+    """Noisy tones in 10 s blocks, so writing the file needs no memory either."""
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(str(path), "w", rate, 1, subtype="PCM_16") as f:
+        for start in range(0, seconds, 10):
+            n = min(10, seconds - start) * rate
+            t = (np.arange(n) + start * rate) / rate
+            block = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(n)
+            f.write(block.astype(np.float32))
+
+
+def peak_rss_mb(ckpt: Path, src: Path) -> float:
+    cmd = [sys.executable, "-c", PEAK_SCRIPT, str(src), "-c", str(ckpt), "--device", "cpu"]
+    cmd += ["-o", str(src.with_name(src.stem + "_out.wav"))]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return int(out.split("PEAK_KB")[1].split()[0]) / 1024
+
+
+def bench_memory(work: Path) -> dict:
+    cfg = config.load([str(ROOT / "configs/default.yaml")])
+    weights = build_model(cfg.model).state_dict()
+    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
+    ckpt = save_best(work, payload, keep_copies=1)
+    minute, hour = work / "minute.wav", work / "hour.wav"
+    write_long_file(minute, 60)
+    write_long_file(hour, 3600)
+    small, big = peak_rss_mb(ckpt, minute), peak_rss_mb(ckpt, hour)
+    hour.unlink()
+    growth = big / small - 1
+    return row(
+        "B5", "memory: peak RSS denoising a 1-hour 48 kHz file by streaming (MB)",
+        round(big), "< 1 GB, and within 20 % of the 1-minute file's peak",
+        big < 1024 and growth <= 0.20, peak_mb_1_minute=round(small),
+        growth=f"{growth * 100:+.1f} %",
+    )  # fmt: skip
+
+
+# --- runner ------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| # | figure | value | target | result |", "|---|---|---:|---|---|"]
+    for r in rows:
+        verdict = {True: "PASS", False: "FAIL", None: "reported"}[r["pass"]]
+        extra = {k: v for k, v in r.items() if k not in ("id", "figure", "value", "target", "pass")}
+        details = ", ".join(f"{k}={v}" for k, v in extra.items())
+        lines.append(
+            f"| {r['id']} | {r['figure']}{f' ({details})' if details else ''} | {r['value']} "
+            f"| {r['target']} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def run_cpu(work: Path, only: set[str]) -> list[dict]:
+    torch.set_num_threads(2)
+    rows = []
+    want = lambda b: not only or b in only  # noqa: E731
+    shards48 = None
+    if want("B7") or want("B1"):
+        result, shards48 = bench_sharding(work)
+        if want("B7"):
+            rows.append(result)
+    if want("B1"):
+        consumption = {name: train_consumption(name) for name in ("tiny", "default")}
+        rows.insert(0, bench_loader(shards48, consumption))
+    if want("B2"):
+        rows.append(bench_overhead(work))
+    if want("B3"):
+        demo = ROOT / "shards" / "demo"
+        if not (demo / "manifest.json").exists():
+            subprocess.run(["make", "--no-print-directory", "shards"], cwd=ROOT, check=True)
+        rows.append(bench_scaling(work, demo))
+    if want("B4"):
+        rows.append(bench_inference())
+    if want("B5"):
+        rows.append(bench_memory(work))
+    if want("B6"):
+        rows.extend(bench_model_costs())
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m diffdenoise.bench", description=__doc__)
+    p.add_argument("--only", default="", help="comma-separated figures, e.g. B1,B4")
+    p.add_argument("--gpu", action="store_true", help="the GPU figures (needs CUDA)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    args = p.parse_args(argv)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
+        if args.gpu:
+            from diffdenoise.bench_gpu import run_gpu
+
+            rows = run_gpu(Path(tmp))
+        else:
+            rows = run_cpu(Path(tmp), {b.strip() for b in args.only.split(",") if b.strip()})
+    print(table(rows))
+    report = {"machine": machine(), "seconds": round(time.time() - started), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str))
+    failed = [r["id"] for r in rows if r["pass"] is False]
+    print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
+          f"{report['machine']['torch']}: {report['seconds']} s; written {args.out}")  # fmt: skip
+    if failed:
+        print(f"targets not met: {', '.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
