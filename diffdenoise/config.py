@@ -229,10 +229,18 @@ def load(files: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. model.channels=32")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([_quote_choice(item)]), f"override '{item}'")
     _validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _quote_choice(item: str) -> str:
+    """``train.mixed_precision=no`` means the string "no", not YAML's boolean false."""
+    key, value = item.split("=", 1)
+    if key in CHOICES and value and value[0] not in "'\"":
+        return f"{key}='{value}'"
+    return item
 
 
 def to_plain(cfg: DictConfig) -> dict:

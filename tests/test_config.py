@@ -74,3 +74,8 @@ def test_config_is_read_only():
 def test_unknown_validation_metric_is_named():
     with pytest.raises(ConfigError, match="'train.val_metrics' has 'pesq2'; choose from si_sdr"):
         config.load(["configs/tiny.yaml"], ["train.val_metrics=[si_sdr,pesq2]"])
+
+
+def test_yaml_boolean_words_stay_strings_for_choice_keys():
+    cfg = config.load(["configs/default.yaml"], ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
