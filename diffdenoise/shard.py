@@ -14,6 +14,7 @@ Writes ``OUT/NAME/{train,val}-NNNNNN.tar`` (``{split}-pIIIII-NNNNNN.tar`` for a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -272,10 +273,21 @@ def pack(args: argparse.Namespace) -> dict:
 
 def _pool(workers: int):
     if workers <= 1:
-        from contextlib import nullcontext
-
-        return nullcontext(None)
+        return _one_thread()
     return multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """``--workers 1`` means one core: torch's resampler would otherwise use them all."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _parse_part(text: str) -> tuple[int, int]:
