@@ -425,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.bench", description=__doc__)
     p.add_argument("--only", default="", help="comma-separated figures, e.g. B1,B4")
     p.add_argument("--gpu", action="store_true", help="the GPU figures (needs CUDA)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--out", type=Path, help="default bench/results.json, or bench/gpu-DATE.json")
     args = p.parse_args(argv)
+    if args.out is None:
+        name = f"gpu-{time.strftime('%Y-%m-%d')}.json" if args.gpu else "results.json"
+        args.out = ROOT / "bench" / name
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
         if args.gpu:

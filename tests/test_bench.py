@@ -63,3 +63,13 @@ def test_quality_verdicts_follow_the_targets():
     bad = quality.verdicts(summary_with(5.0, 2.5, (4, 20), (8, 14)), {"default": 20.0})
     assert [ok for *_, ok in bad] == [False, False, False, False]
     assert bad[1][1] == "0 dB: +4.00, 15 dB: -6.00"
+
+
+def test_gpu_figures_say_clearly_when_there_is_no_gpu(tmp_path):
+    import pytest
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: bench --gpu would run for real")
+    with pytest.raises(SystemExit, match="--gpu needs a CUDA GPU; none is visible here"):
+        bench.main(["--gpu", "--out", str(tmp_path / "g.json")])
+    assert not (tmp_path / "g.json").exists()
