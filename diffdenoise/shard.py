@@ -327,8 +327,9 @@ def _remove_stale(out: Path, tag: str, manifest: dict) -> None:
         for path in out.glob(f"{split}{tag}[0-9]*.tar"):
             if path.name not in keep:
                 path.unlink()
-    for tmp in out.glob(".*.tar.tmp"):
-        tmp.unlink()
+    for split in manifest["splits"]:  # only this part's: other parts may be writing now
+        for tmp in out.glob(f".{split}{tag}[0-9]*.tar.tmp"):
+            tmp.unlink()
 
 
 def merge(out: Path) -> dict:

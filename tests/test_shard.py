@@ -191,6 +191,20 @@ def test_parts_then_merge_equal_whole(tmp_path):
     assert len(list((out / "big").glob("train-p*.tar"))) == 3
 
 
+def test_a_part_leaves_other_parts_files_alone(tmp_path):
+    """Array tasks share one folder: a part that finishes first must not touch the others'."""
+    src = make_corpus(tmp_path / "gt", n=4)
+    out = tmp_path / "s" / "big"
+    out.mkdir(parents=True)
+    writing = out / ".train-p00001-000000.tar.tmp"  # part 1 is still writing this
+    writing.write_bytes(b"half a tar")
+    stale_own = out / ".train-p00000-000007.tar.tmp"  # left by an interrupted part 0
+    stale_own.write_bytes(b"junk")
+    run(src, "--name", "big", "--out", tmp_path / "s", "--part", "0/2")
+    assert writing.read_bytes() == b"half a tar"
+    assert not stale_own.exists()
+
+
 def test_merge_with_missing_part_is_an_error(tmp_path, capsys):
     src = make_corpus(tmp_path / "gt", n=4)
     run(src, "--name", "big", "--out", tmp_path / "s", "--part", "0/2")
