@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--segment", type=float, help="segment seconds (default: training crop)")
     p.add_argument("--overlap", type=float, default=0.05, help="cross-fade seconds (0.05)")
     p.add_argument("--context", type=float, default=0.05, help="extra real audio per side")
-    p.add_argument("--batch-size", type=int, default=16, help="segments per model call (16)")
+    p.add_argument("--batch-size", type=int, help="segments per model call (CPU 4, GPU 32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no", help="GPU only")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
