@@ -13,8 +13,9 @@ SAMPLE_RATE ?= 16000
 SHARD_ARGS ?=
 DEMO_DIR := demo
 DEMO_MINUTES ?= 10
+DEMO_STEPS ?= 1000
 
-.PHONY: install test test-fast lint format demo shards train infer eval bench quality clean
+.PHONY: install test test-fast lint format demo shards train infer eval bench quality devcorpus clean
 
 install: $(STAMP)
 
@@ -42,8 +43,8 @@ demo: $(STAMP)
 	$(PY) -m diffdenoise.summary configs/*.yaml
 	@test -f shards/demo/manifest.json || $(MAKE) --no-print-directory shards
 	rm -rf runs/demo
-	$(PY) launch/train.py configs/tiny.yaml train.run_name=demo train.max_steps=0 \
-		train.max_minutes=1 train.val_every=200 checkpoint.every=200
+	$(PY) launch/train.py configs/tiny.yaml train.run_name=demo train.max_steps=$(DEMO_STEPS) \
+		train.val_every=200 checkpoint.every=200
 	$(PY) -m diffdenoise.demo_data $(DEMO_DIR) --example --seed 1
 	$(PY) -m diffdenoise.infer $(DEMO_DIR)/example_noisy.wav -c runs/demo/best.pt \
 		-o $(DEMO_DIR)/example_denoised.wav --plot
@@ -66,15 +67,29 @@ infer: $(STAMP)
 	$(PY) -m diffdenoise.infer $(INPUT) -c $(CKPT) $(if $(OUT),-o $(OUT))
 
 eval: $(STAMP)
-	$(PY) -m diffdenoise.evaluate -c $(CKPT) --shards 'shards/demo/val-*.tar' \
-		--json runs/demo/eval.json $(EVAL_ARGS)
+	$(PY) -m diffdenoise.evaluate -c $(CKPT) --shards 'shards/demo/val-*.tar' $(EVAL_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m diffdenoise.bench
 
-QUALITY_MINUTES ?= 6
-quality: $(STAMP)
-	$(PY) -m diffdenoise.quality --minutes $(QUALITY_MINUTES)
+QUALITY_MINUTES ?= 25
+DEVCORPUS := data/devcorpus
+QUALITY_CLEAN = $(or $(CLEAN_DIR),$(DEVCORPUS)/speech)
+QUALITY_NOISE = $(or $(NOISE_DIR),$(DEVCORPUS)/noise)
+QUALITY_ARGS ?=
+quality: $(STAMP) $(if $(CLEAN_DIR),,$(DEVCORPUS)/speech/meta.json)
+	$(PY) -m diffdenoise.quality --clean-dir $(QUALITY_CLEAN) --noise-dir $(QUALITY_NOISE) \
+		--minutes $(QUALITY_MINUTES) $(QUALITY_ARGS)
+
+# About 30 minutes of TTS speech and 5 noises (../shared/devcorpus/build.py, Debian TTS voices).
+DEVCORPUS_SCRIPT ?= ../shared/devcorpus/build.py
+devcorpus: $(DEVCORPUS)/speech/meta.json
+
+$(DEVCORPUS)/speech/meta.json: | $(STAMP)
+	@command -v espeak-ng >/dev/null && command -v festival >/dev/null && command -v flite >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q espeak-ng flite festival festvox-kallpc16k \
+		festvox-kdlpc16k fortune-mod fortunes fortunes-min)
+	$(PY) $(DEVCORPUS_SCRIPT) $(DEVCORPUS) --minutes 30 --seed 1
 
 shards: $(STAMP)
 ifeq ($(CLEAN_DIR),)

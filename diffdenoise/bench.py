@@ -134,7 +134,7 @@ def bench_loader(shards: Path, consumption: dict[str, float]) -> dict:
 def train_consumption(name: str, steps: int = 4) -> float:
     """Audio-seconds per second a config's full train step consumes here (2 threads)."""
     cfg = config.load([str(ROOT / "configs" / f"{name}.yaml")])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     loss = _loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
@@ -175,11 +175,11 @@ def bench_overhead(work: Path) -> dict:
     batch["clean"] = batch["noisy"] * 0.5
     loss_fn = _loss(cfg)
     torch.manual_seed(0)
-    bare_model = build_model(cfg.model)
+    bare_model = build_model(cfg.model, cfg.data.sample_rate)
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)
     torch.manual_seed(0)
     acc = Accelerator(cpu=True)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = build_scheduler(opt, 1000, **cfg.schedule)
     model, opt = acc.prepare(model, opt)
@@ -268,7 +268,7 @@ def sequential_seed_loop(model, audio: np.ndarray, rate: int) -> np.ndarray:
 def bench_inference() -> dict:
     cfg = config.load([str(ROOT / "configs/default.yaml")])
     torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg.model, cfg.data.sample_rate).eval()
     rate, seconds = cfg.data.sample_rate, 60
     audio = (np.random.default_rng(0).standard_normal(rate * seconds) * 0.1).astype(np.float32)
     denoiser = Denoiser(model, rate, segment=1.0, batch_size=16)
@@ -290,7 +290,7 @@ def bench_model_costs() -> list[dict]:
     rows = []
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = config.load([str(path)])
-        model = build_model(cfg.model).eval()
+        model = build_model(cfg.model, cfg.data.sample_rate).eval()
         rate = cfg.data.sample_rate
         x = torch.randn(4, 1, rate) * 0.1
         with torch.inference_mode():
@@ -344,7 +344,7 @@ def peak_rss_mb(ckpt: Path, src: Path) -> float:
 
 def bench_memory(work: Path) -> dict:
     cfg = config.load([str(ROOT / "configs/default.yaml")])
-    weights = build_model(cfg.model).state_dict()
+    weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
     payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
     ckpt = save_best(work, payload, keep_copies=1)
     minute, hour = work / "minute.wav", work / "hour.wav"

@@ -31,7 +31,7 @@ def peak_tflops(name: str, precision: str) -> float | None:
 
 def train_speed(cfg, precision: str, compiled: bool, steps: int = 30) -> dict:
     torch.manual_seed(0)
-    model = build_model(cfg.model).cuda()
+    model = build_model(cfg.model, cfg.data.sample_rate).cuda()
     loss_fn = build_loss(cfg.loss).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, fused=True)
     net = torch.compile(model) if compiled else model
@@ -61,7 +61,12 @@ def train_speed(cfg, precision: str, compiled: bool, steps: int = 30) -> dict:
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     audio_s = batch * segment / cfg.data.sample_rate / seconds
-    achieved = 3 * gflops_per_second(build_model(cfg.model), cfg.data.sample_rate) * audio_s / 1e3
+    achieved = (
+        3
+        * gflops_per_second(build_model(cfg.model, cfg.data.sample_rate), cfg.data.sample_rate)
+        * audio_s
+        / 1e3
+    )
     peak = peak_tflops(torch.cuda.get_device_name(), precision)
     return {
         "steps_per_s": round(1 / seconds, 2),
@@ -74,7 +79,7 @@ def train_speed(cfg, precision: str, compiled: bool, steps: int = 30) -> dict:
 
 
 def inference_rtf(cfg, seconds: int = 120) -> float:
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     denoiser = Denoiser(model, cfg.data.sample_rate, device="cuda", batch_size=64)
     audio = np.random.default_rng(0).standard_normal(cfg.data.sample_rate * seconds) * 0.1
     denoiser(audio[: cfg.data.sample_rate].astype(np.float32), cfg.data.sample_rate)

@@ -40,13 +40,30 @@ class NoiseConfig:
     snr_max: float = 20.0
     gain_min_db: float = 0.0
     gain_max_db: float = 0.0
+    clean_prob: float = 0.0
+    eq_db: float = 0.0
+    second_prob: float = 0.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
 
 
 @dataclass
+class SpectralConfig:
+    win_ms: float = 32.0
+    hop_ms: float = 8.0
+    hidden: int = 256
+    layers: int = 2
+    context_frames: int = 3
+    noise_window_s: float = 1.0
+    prior: bool = True
+    local_channels: int = 16
+
+
+@dataclass
 class ModelConfig:
+    family: str = "unet"
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
     depth: int = 4
     channels: int = 32
     growth: float = 2.0
@@ -74,6 +91,7 @@ class LossConfig:
     sc_weight: float = 1.0
     mag_weight: float = 1.0
     phase_weight: float = 1.0
+    sisdr_weight: float = 0.0
 
 
 @dataclass
@@ -145,12 +163,55 @@ class Config:
 
 CHOICES = {
     "noise.timestep": ("random", "zero"),
+    "model.family": ("unet", "spectral"),
     "model.skip_mode": ("add", "concat"),
     "model.output": ("direct", "residual", "mask"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
 NOISE_TYPES = ("gaussian", "pink", "brown", "corpus")
+# Numeric ranges: key -> (low, high, low allowed itself?, high allowed itself?); None = no bound.
+AT_LEAST_1 = (1, None, True, True)
+AT_LEAST_0 = (0, None, True, True)
+POSITIVE = (0, None, False, True)
+SHARE = (0, 1, True, True)
+RANGES = {
+    **dict.fromkeys(
+        ["data.sample_rate", "data.segment", "data.shuffle_buffer", "noise.timesteps"],
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(["data.num_workers", "data.val_segment", "data.val_max_samples"], AT_LEAST_0),
+    **dict.fromkeys(["noise.infer_timestep", "noise.eq_db"], AT_LEAST_0),
+    **dict.fromkeys(["noise.clean_prob", "noise.second_prob", "model.dropout"], SHARE),
+    **dict.fromkeys(
+        ["model.depth", "model.channels", "model.max_channels", "model.kernel_size"], AT_LEAST_1
+    ),
+    **dict.fromkeys(["model.stride", "model.time_dim"], AT_LEAST_1),
+    "model.growth": POSITIVE,
+    **dict.fromkeys(["model.spectral.win_ms", "model.spectral.hop_ms"], POSITIVE),
+    **dict.fromkeys(
+        ["model.spectral.hidden", "model.spectral.layers", "model.spectral.context_frames"],
+        AT_LEAST_1,
+    ),
+    "model.spectral.noise_window_s": POSITIVE,
+    "model.spectral.local_channels": AT_LEAST_0,
+    **dict.fromkeys(
+        [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
+    ),
+    "optim.lr": POSITIVE,
+    **dict.fromkeys(["optim.weight_decay", "optim.max_grad_norm"], AT_LEAST_0),
+    **dict.fromkeys(["optim.beta1", "optim.beta2", "schedule.warmup_pct"], (0, 1, True, False)),
+    "optim.ema_decay": SHARE,
+    "schedule.pct_start": (0, 1, False, False),
+    **dict.fromkeys(["schedule.div_factor", "schedule.final_div_factor"], POSITIVE),
+    **dict.fromkeys(["train.batch_size", "train.grad_accum", "train.val_every"], AT_LEAST_1),
+    **dict.fromkeys(["train.max_epochs", "train.max_steps", "train.max_minutes"], AT_LEAST_0),
+    "train.max_bad_steps": AT_LEAST_1,
+    **dict.fromkeys(["log.every", "checkpoint.every", "checkpoint.keep_last"], AT_LEAST_1),
+    **dict.fromkeys(
+        ["log.media_every", "log.media_samples", "checkpoint.keep_best_copies"], AT_LEAST_0
+    ),
+}
 VAL_METRICS = ("si_sdr", "pesq", "stoi")  # diffdenoise.metrics.METRICS
 
 
@@ -186,7 +247,51 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
 
 
+def _check_range(dotted: str, value, low, high, low_ok: bool, high_ok: bool) -> None:
+    below = value < low if low_ok else value <= low
+    above = high is not None and (value > high if high_ok else value >= high)
+    if below or above:
+        need = f">= {low:g}" if low_ok else f"> {low:g}"
+        if high is not None:
+            need += f" and {'<=' if high_ok else '<'} {high:g}"
+        raise ConfigError(f"'{dotted}' is {value!r}; it must be {need}")
+
+
+def min_segment(cfg: DictConfig) -> int:
+    """Shortest training crop the model can learn from: one STFT window for the spectral
+    family, one latent frame (the product of the strides) for the U-Net."""
+    if cfg.model.family == "spectral":
+        return max(16, round(cfg.data.sample_rate * cfg.model.spectral.win_ms / 1000))
+    strides = list(cfg.model.strides) or [cfg.model.stride] * cfg.model.depth
+    total = 1
+    for s in strides:
+        total *= s
+    return total
+
+
+def _validate_numbers(cfg: DictConfig) -> None:
+    for dotted, bounds in RANGES.items():
+        _check_range(dotted, OmegaConf.select(cfg, dotted), *bounds)
+    for key in ("widths", "kernel_sizes", "strides"):
+        for value in cfg.model[key]:
+            _check_range(f"model.{key}", value, *AT_LEAST_1)
+    for res in cfg.loss.resolutions:
+        if len(res) not in (2, 3) or min(res) < 1:
+            raise ConfigError(
+                f"'loss.resolutions' has {list(res)}; each entry is [n_fft, hop, win] > 0"
+            )
+    shortest = min_segment(cfg)
+    for key in ("segment", "val_segment"):
+        value = cfg.data[key]
+        if value and value < shortest:
+            raise ConfigError(
+                f"'data.{key}' is {value}; this model needs at least {shortest} samples "
+                f"({shortest / cfg.data.sample_rate * 1000:.1f} ms at {cfg.data.sample_rate} Hz)"
+            )
+
+
 def _validate(cfg: DictConfig) -> None:
+    _validate_numbers(cfg)
     for dotted, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, dotted)
         if value not in allowed:

@@ -41,6 +41,28 @@ class DataError(ValueError):
     """A data problem phrased for the user in one line."""
 
 
+_WARNED: set[tuple] = set()
+
+
+def warn_once(key: tuple, message: str) -> None:
+    """Warn the first time ``key`` is seen in this process: shards are read again every
+    epoch, and validation every time it runs, so the same damage would repeat forever."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def warn_once_per_shard(exn: Exception) -> bool:
+    """WebDataset error handler: one warning per shard and kind of damage, then go on."""
+    url = next((a for a in reversed(exn.args) if isinstance(a, str) and a), "?")
+    first = (str(exn.args[0]) if exn.args else type(exn).__name__).splitlines()[0]
+    warn_once(
+        (url, type(exn).__name__),
+        f"{url}: {type(exn).__name__}: {first[:200]} (skipped; not repeated for this shard)",
+    )
+    return True
+
+
 def expand_urls(spec: str | list[str]) -> list[str]:
     """Shard URLs from a glob, a brace pattern, a list, or WebDataset URLs (``pipe:``...)."""
     specs = [spec] if isinstance(spec, str) else list(spec)
@@ -83,6 +105,12 @@ def manifest_stats(urls: list[str]) -> dict:
         rate, shards = cache[mpath]
         if path.name not in shards:
             raise DataError(f"{path}: not listed in {mpath}")
+        size, listed = path.stat().st_size, shards[path.name]["bytes"]
+        if size != listed:
+            raise DataError(
+                f"{path}: {size} bytes but {mpath} lists {listed}: the shard changed after "
+                f"sharding; check all with python -m diffdenoise.shard verify {path.parent}"
+            )
         samples += shards[path.name]["samples"]
         seconds += shards[path.name]["seconds"]
         rates.add(rate)
@@ -116,6 +144,9 @@ class Mixer:
         timesteps: int,
         infer_timestep: int,
         bank: NoiseBank | None = None,
+        clean_prob: float = 0.0,
+        eq_db: float = 0.0,
+        second_prob: float = 0.0,
     ):
         self.names = [k for k, w in weights.items() if w > 0]
         if not self.names:
@@ -124,19 +155,25 @@ class Mixer:
         self.probs = [weights[k] / total for k in self.names]
         self.snr, self.gain_db = (snr_min, snr_max), (gain_min_db, gain_max_db)
         self.timestep, self.timesteps, self.infer_timestep = timestep, timesteps, infer_timestep
+        self.clean_prob, self.eq_db, self.second_prob = clean_prob, eq_db, second_prob
         self.bank = bank
 
     def __call__(self, clean, rng, noisy=None, train=True):
+        """``clean``: ``(time,)`` -> ``(noisy, clean, t, snr)``; snr is inf for clean copies.
+
+        Each augmentation draws from ``rng`` only when it is switched on, so recipes
+        without it see exactly the random stream they always saw.
+        """
         snr = float("nan")
-        if noisy is None:
-            kind = self.names[rng.choice(len(self.names), p=self.probs)]
-            n = clean.shape[0]
-            if kind == "corpus":
-                if self.bank is None:
-                    raise DataError("noise.weights.corpus needs data.noise_shards")
-                sound = self.bank.draw(rng, n)
-            else:
-                sound = noise.GENERATORS[kind](rng, n)
+        if noisy is None and self.clean_prob and rng.random() < self.clean_prob:
+            noisy, snr = clean.copy(), float("inf")
+        elif noisy is None:
+            sound = self.noise(rng, clean.shape[0])
+            if self.second_prob and rng.random() < self.second_prob:
+                level = 10 ** (rng.uniform(-10.0, 0.0) / 20)
+                sound = sound / max(noise.power(sound), 1e-12) ** 0.5
+                second = self.noise(rng, clean.shape[0])
+                sound = sound + level * second / max(noise.power(second), 1e-12) ** 0.5
             snr = float(rng.uniform(*self.snr))
             noisy = noise.mix_at_snr(clean, sound, snr)
         gain = np.float32(10 ** (rng.uniform(*self.gain_db) / 20))
@@ -145,6 +182,17 @@ class Mixer:
         else:
             t = self.infer_timestep
         return noisy * gain, clean * gain, t, snr
+
+    def noise(self, rng, n: int) -> np.ndarray:
+        """``(n,)`` noise of a type drawn by weight, through the random EQ when it is on."""
+        kind = self.names[rng.choice(len(self.names), p=self.probs)]
+        if kind == "corpus":
+            if self.bank is None:
+                raise DataError("noise.weights.corpus needs data.noise_shards")
+            sound = self.bank.draw(rng, n)
+        else:
+            sound = noise.GENERATORS[kind](rng, n)
+        return noise.random_eq(sound, rng, self.eq_db) if self.eq_db else sound
 
 
 class NoiseBank:
@@ -189,7 +237,7 @@ class NoiseBank:
 def _samples(urls: list[str]) -> Iterator[bytes]:
     """Encoded audio of every readable sample in ``urls``."""
     for sample in wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)
+        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=warn_once_per_shard)
     ):
         ext = next((e for e in AUDIO_EXTS if e in sample), None)
         if ext:
@@ -276,7 +324,7 @@ class TrainStream(IterableDataset):
             self.mixer.bank = NoiseBank(self.noise_urls, _crc(seeds, "noise"))
         pipeline = wds.DataPipeline(
             lambda: _cycle(shards, _crc(seeds, "shards")),
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.tarfile_to_samples(handler=warn_once_per_shard),
             wds.shuffle(
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_crc(seeds, "shuffle")
             ),
@@ -293,9 +341,8 @@ class TrainStream(IterableDataset):
                 clean, stored_noisy = decode_example(sample, self.segment, rng, self.rate)
             except Exception as err:
                 bad += 1
-                warnings.warn(
-                    f"skipping undecodable sample {sample.get('__key__')}: {err}", stacklevel=2
-                )
+                url, key = sample.get("__url__"), sample.get("__key__")
+                warn_once((url, key), f"skipping undecodable sample {key} in {url}: {err}")
                 continue
             noisy, clean, t, snr = self.mixer(clean, rng, stored_noisy, train=True)
             examples.append((noisy, clean, t, snr, sample["__key__"], sample["__url__"]))
@@ -354,7 +401,7 @@ def val_batches(
         return
     examples = []
     ordered = wds.DataPipeline(
-        wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples(handler=wds.warn_and_continue)
+        wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples(handler=warn_once_per_shard)
     )
     for index, sample in enumerate(ordered):
         if max_samples and index >= max_samples:
@@ -365,7 +412,8 @@ def val_batches(
         try:
             clean, stored = decode_example(sample, segment, rng, sample_rate)
         except Exception as err:
-            warnings.warn(f"skipping undecodable validation sample: {err}", stacklevel=2)
+            url, key = sample.get("__url__"), sample.get("__key__")
+            warn_once((url, key), f"skipping undecodable validation sample {key} in {url}: {err}")
             continue
         noisy, clean, t, snr = mixer(clean, rng, stored, train=False)
         examples.append((noisy, clean, t, snr, sample["__key__"], sample["__url__"]))

@@ -78,7 +78,7 @@ class Denoiser:
             cfg = config.from_plain(payload["config"])
         except (KeyError, config.ConfigError) as err:
             raise CheckpointError(f"{path}: checkpoint config is unusable ({err})") from None
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.data.sample_rate)
         try:
             model.load_state_dict(payload["ema_model" if ema else "model"])
         except (KeyError, RuntimeError) as err:

@@ -34,6 +34,13 @@ class RunDirError(ValueError):
     """A run directory that cannot be used, phrased for the user in one line."""
 
 
+def say(acc: Accelerator, message: str) -> None:
+    """A run-wide status line, printed once: by the global main process, not once per node
+    as ``acc.print`` would (it prints on every node's local main process)."""
+    if acc.is_main_process:
+        print(message, flush=True)
+
+
 def resolve_precision(requested: str) -> tuple[str, str | None]:
     """The closest precision this machine supports, and a one-line note if it differs."""
     if requested == "no":
@@ -99,6 +106,47 @@ def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
     return run_dir
 
 
+@contextlib.contextmanager
+def one_line_rank_failure(run_dir: Path, argv: list[str]):
+    """In a multi-process run, turn a crash into one line naming this rank and the cause.
+
+    torch-elastic and gloo otherwise bury the cause under about 80 lines of tracebacks from
+    every rank. The rank that failed says what it hit (its traceback goes to
+    ``run_dir/error-rank<R>.log``); the ranks that merely lost it say so, and every line
+    carries the command that resumes.
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        yield
+    except Exception as err:
+        if world == 1:
+            raise
+        import traceback
+
+        log = run_dir / f"error-rank{rank}.log"
+        log.write_text(traceback.format_exc())
+        text = _first_line(err)
+        resume = " ".join(["accelerate launch ...", "launch/train.py", *argv, "train.resume=auto"])
+        if _is_peer_loss(err):
+            cause = f"stopped: another rank failed or was killed first ({text})"
+        else:
+            cause = f"failed first: {type(err).__name__}: {text} (traceback in {log})"
+        print(f"error: rank {rank} of {world} {cause}; resume with: {resume}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _is_peer_loss(err: Exception) -> bool:
+    """A failure caused by another rank: a broken collective, or the launcher's SIGTERM
+    (sent to every rank and its data workers once one rank has died)."""
+    text = str(err).lower()
+    lost = ("connection closed", "connection reset", "broken pipe", "timed out", "gloo")
+    return (
+        PreemptionFlag.received
+        or isinstance(err, dist.DistBackendError)
+        or any(w in text for w in lost)
+    )
+
+
 def any_rank(acc: Accelerator, *flags: bool) -> tuple[bool, ...]:
     """Each flag true on every rank if it is true on any rank (one tiny all-reduce)."""
     if acc.num_processes == 1:
@@ -106,6 +154,15 @@ def any_rank(acc: Accelerator, *flags: bool) -> tuple[bool, ...]:
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=acc.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return tuple(bool(v) for v in t.tolist())
+
+
+def sum_over_ranks(acc: Accelerator, value: float) -> float:
+    """``value`` summed over every rank (no collective with one process)."""
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([float(value)], device=acc.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.item()
 
 
 def budget_steps(acc: Accelerator, minutes: float, state, step_times: list[float]) -> int:
@@ -134,10 +191,39 @@ def load_state(acc: Accelerator, path: Path, run_dir: Path) -> None:
     try:
         acc.load_state(str(path))
     except (RuntimeError, KeyError, ValueError) as err:
-        first = (str(err).strip().splitlines() or ["?"])[0][:200]
         raise checkpoint.CheckpointError(
-            f"{path}: saved state does not fit this model/config ({first})"
+            f"{path}: saved state does not fit this model/config ({_first_line(err)})"
         ) from None
+    except Exception as err:  # truncated or empty files raise whatever their reader raises
+        raise checkpoint.CheckpointError(
+            f"{path}: saved state is damaged ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def load_newest_intact(acc: Accelerator, run_dir: Path) -> Path | None:
+    """``train.resume=auto``: load the newest saved state that loads, skipping damaged ones.
+
+    Each skipped state gets one line saying why; if none loads, one clear error.
+    """
+    states = checkpoint.state_dirs(run_dir)
+    reasons = []
+    for path in reversed(states):
+        try:
+            load_state(acc, path, run_dir)
+            return path
+        except checkpoint.CheckpointError as err:
+            say(acc, f"warning: skipping {err}")
+            reasons.append(str(err).split(": ", 1)[1])
+    if states:
+        raise checkpoint.CheckpointError(
+            f"{run_dir / checkpoint.STATE_DIR}: no intact training state to resume from: "
+            + "; ".join(f"{p.name}: {r}" for p, r in zip(reversed(states), reasons))
+        )
+    return None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def check_in_sync(acc: Accelerator, model: torch.nn.Module) -> None:
@@ -146,7 +232,7 @@ def check_in_sync(acc: Accelerator, model: torch.nn.Module) -> None:
     sums = acc.gather(total.reshape(1).to(acc.device)).tolist()
     if len(set(sums)) != 1:
         raise RuntimeError(f"parameters diverged across ranks: {sums}")
-    acc.print(f"parameters identical across {acc.num_processes} rank(s)")
+    say(acc, f"parameters identical across {acc.num_processes} rank(s)")
 
 
 def mark_preempted(acc: Accelerator, run_dir: Path, step: int) -> None:
@@ -161,6 +247,8 @@ def show_bar(acc: Accelerator) -> bool:
 class PreemptionFlag:
     """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at a step boundary."""
 
+    received = False  # any instance was signalled: a crash after it is not this rank's fault
+
     def __init__(self):
         self.raised = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -168,6 +256,7 @@ class PreemptionFlag:
 
     def _handle(self, signum, frame) -> None:
         self.raised = True
+        PreemptionFlag.received = True
 
 
 class Tracker:

@@ -28,6 +28,7 @@ from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.data import AUDIO_EXTS, DataError, expand_urls
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.metrics import METRICS, score
+from diffdenoise.progress import progress
 from diffdenoise.shard import find_partner, walk
 
 EVAL_SEED = 20240917
@@ -49,6 +50,7 @@ class Item:
     rate: int
     snr: float  # the input SNR in dB (mixed at, or measured for stored pairs)
     bucket: str
+    noise: str = ""  # the noise type, where it is known
 
 
 def bucket_of(snr: float) -> str:
@@ -126,8 +128,10 @@ def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
 
 def run(items, systems: dict[str, Callable]) -> list[dict]:
     """Score the noisy input and every system on every item."""
-    rows = []
-    for item in tqdm(list(items), desc="scoring", unit="item", dynamic_ncols=True):
+    rows, items = [], list(items)
+    bar = progress(len(items), "scoring", "item")
+    for item in items:
+        bar.update()
         if not np.abs(item.clean).max(initial=0.0) > 0:
             tqdm.write(
                 f"warning: {item.key}: silent clean reference, skipped (no metric is defined)",
@@ -141,23 +145,36 @@ def run(items, systems: dict[str, Callable]) -> list[dict]:
                 "key": item.key,
                 "snr": item.snr,
                 "bucket": item.bucket,
+                "noise": item.noise,
                 "scores": {
                     name: score(out, item.clean, item.rate, METRICS)
                     for name, out in outputs.items()
                 },
             }
         )
+    bar.close()
     return rows
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Means per bucket (and ``all``) and system; deltas are against the noisy input."""
-    buckets = sorted({r["bucket"] for r in rows}, key=lambda b: float(b.split()[0]))
+def summarise(rows: list[dict], key: str = "bucket") -> dict:
+    """Means per group of ``key`` (SNR bucket by default) and ``all``, for each system.
+
+    Deltas are against the noisy input.
+    """
+    groups = sorted({r[key] for r in rows}, key=_group_order)
     summary = {}
-    for bucket in [*buckets, "all"]:
-        chosen = [r for r in rows if bucket in ("all", r["bucket"])]
-        summary[bucket] = {name: _means(chosen, name) for name in chosen[0]["scores"]}
+    for group in [*groups, "all"]:
+        chosen = [r for r in rows if group in ("all", r[key])]
+        summary[group] = {name: _means(chosen, name) for name in chosen[0]["scores"]}
     return summary
+
+
+def _group_order(group: str):
+    """SNR buckets ("-5 dB") by value, then any other group names alphabetically."""
+    try:
+        return (0, float(group.split()[0]), "")
+    except ValueError:
+        return (1, 0.0, group)
 
 
 def _means(rows: list[dict], system: str) -> dict:
@@ -203,7 +220,12 @@ def parse_args(argv):
     p.add_argument("--baseline", action="store_true", help="also score a Wiener filter")
     p.add_argument("--max-files", type=int, default=0, help="evaluate at most N files (0: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--json", type=Path, help="where to write every number (default: eval.json)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="where to write every number (default: eval.json beside the "
+        "first checkpoint, else ./eval.json)",
+    )
     return p.parse_args(argv)
 
 
@@ -228,12 +250,28 @@ def build_systems(args) -> dict[str, Callable]:
     return systems
 
 
+def json_path(args) -> Path:
+    """Where the report goes; checked before the slow part, and its folder created."""
+    out = (
+        args.json
+        or (Path(args.checkpoint[0]).parent if args.checkpoint else Path(".")) / "eval.json"
+    )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EvalError(f"--json {out}: cannot create its folder ({err.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise EvalError(f"--json {out}: folder is not writable")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if bool(args.shards) == bool(args.clean_dir):
             raise EvalError("give exactly one of --shards GLOB or --clean-dir DIR")
         snrs = parse_snrs(args.snr)
+        out = json_path(args)
         noise_files = (
             [args.noise_dir / f for f in walk(args.noise_dir)[0]] if args.noise_dir else []
         )
@@ -251,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarise(rows)
     print(markdown(summary))
-    out = args.json or Path("eval.json")
     report = {"checkpoints": args.checkpoint, "snrs": snrs, "summary": summary, "items": rows}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffdenoise import audio
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser
+from diffdenoise.progress import progress
 
 SUFFIX = "_denoised"
 PLOT_SECONDS = 60.0
@@ -89,7 +90,7 @@ def _is_audio(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in audio.AUDIO_EXTENSIONS
 
 
-def run_job(denoiser: Denoiser, job: Job, bar: tqdm, plot: bool) -> float:
+def run_job(denoiser: Denoiser, job: Job, bar, plot: bool) -> float:
     """Denoise one file; returns its seconds of audio. Raises AudioError on bad input."""
     if not job.src.is_file():
         raise audio.AudioError("no such file")
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = sum(_seconds(job.src) for job in jobs)
     failed, seconds, started = 0, 0.0, time.perf_counter()
-    with tqdm(total=round(total, 2), unit="s", desc="denoising", dynamic_ncols=True) as bar:
+    with progress(total=round(total, 2), unit="s", desc="denoising") as bar:
         for index, job in enumerate(jobs, 1):
             bar.set_postfix_str(f"file {index}/{len(jobs)}")
             try:

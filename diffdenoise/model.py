@@ -180,16 +180,26 @@ class AudioDiffusionModel(nn.Module):
         return h
 
 
-def build_model(cfg_model) -> AudioDiffusionModel:
-    """The one place a config turns into a model: ``AudioDiffusionModel(**cfg.model)``."""
-    return AudioDiffusionModel(**dict(cfg_model))
+def build_model(cfg_model, sample_rate: int) -> nn.Module:
+    """The one place a config turns into a model.
+
+    ``model.family: unet`` gives ``AudioDiffusionModel(**cfg.model)``; ``spectral`` gives a
+    :class:`~diffdenoise.spectral.SpectralMaskModel` whose STFT is sized for ``sample_rate``.
+    """
+    from diffdenoise.spectral import SpectralMaskModel  # it imports this module
+
+    kwargs = dict(cfg_model)
+    family, spectral = kwargs.pop("family", "unet"), kwargs.pop("spectral", {})
+    if family == "spectral":
+        return SpectralMaskModel(sample_rate, time_dim=kwargs["time_dim"], **dict(spectral))
+    return AudioDiffusionModel(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gflops_per_second(model: AudioDiffusionModel, sample_rate: int) -> float:
+def gflops_per_second(model: nn.Module, sample_rate: int) -> float:
     """Forward GFLOP (2 x multiply-accumulates) for one second of audio at ``sample_rate``."""
     macs = 0
 
@@ -202,7 +212,18 @@ def gflops_per_second(model: AudioDiffusionModel, sample_rate: int) -> float:
             )
             macs += frames * module.in_channels * module.out_channels * k // module.groups
         elif isinstance(module, nn.Linear):
-            macs += module.in_features * module.out_features
+            macs += (
+                inputs[0].numel() // module.in_features * module.out_features * module.in_features
+            )
+        elif isinstance(module, nn.GRU):
+            steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
+            per_step = sum(
+                3
+                * module.hidden_size
+                * (module.hidden_size + (module.input_size if i == 0 else module.hidden_size))
+                for i in range(module.num_layers)
+            )
+            macs += steps * per_step
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:

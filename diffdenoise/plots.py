@@ -38,3 +38,37 @@ def spectrogram_figure(signals: dict[str, np.ndarray], rate: int, n_fft: int = 5
     axes[-1, 0].set_xlabel("seconds")
     fig.colorbar(image, ax=axes[:, 0].tolist(), label="dB")
     return fig
+
+
+def quality_figure(path, histories: dict, tables: dict) -> None:
+    """Validation curves, SI-SDR and PESQ per input SNR, SI-SDR gain per noise type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+    for name, h in histories.items():
+        if h["val"]:
+            axes[0, 0].plot(*zip(*h["val"]), marker="o", label=name)
+    axes[0, 0].set(xlabel="optimizer step", ylabel="validation loss", title="training")
+    axes[0, 0].set_yscale("log")
+    by_snr = {b: v for b, v in tables["snr"].items() if b != "all"}
+    snrs = [float(b.split()[0]) for b in by_snr]
+    systems = list(tables["snr"]["all"])
+    for ax, metric, label in ((axes[0, 1], "si_sdr", "SI-SDR (dB)"), (axes[1, 0], "pesq", "PESQ")):
+        for name in systems:
+            ax.plot(snrs, [by_snr[b][name][metric] for b in by_snr], marker="o", label=name)
+        ax.set(xlabel="input SNR (dB)", ylabel=label, title=f"{label} per input SNR")
+    by_noise = {k: v for k, v in tables["noise"].items() if k != "all"}
+    width = 0.8 / max(len(systems) - 1, 1)
+    for i, name in enumerate(s for s in systems if s != "noisy"):
+        gains = [by_noise[k][name]["si_sdr_delta"] for k in by_noise]
+        axes[1, 1].bar(np.arange(len(by_noise)) + i * width, gains, width, label=name)
+    axes[1, 1].axhline(0, color="black", lw=0.8)
+    axes[1, 1].set_xticks(np.arange(len(by_noise)) + width * (len(systems) - 2) / 2, list(by_noise))
+    axes[1, 1].set(ylabel="SI-SDR improvement (dB)", title="per noise type")
+    for ax in axes.flat:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

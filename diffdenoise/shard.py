@@ -5,6 +5,7 @@
     python -m diffdenoise.shard gt_audio/ --noisy-dir gl_audio/ --name pairs
     python -m diffdenoise.shard corpus/ --name big --part 3/16    # one slice of a job array
     python -m diffdenoise.shard merge shards/big                  # one manifest over parts
+    python -m diffdenoise.shard verify shards/speech              # every size and sha256
 
 Writes ``OUT/NAME/{train,val}-NNNNNN.tar`` (``{split}-pIIIII-NNNNNN.tar`` for a part) and
 ``manifest.json``. Each sample holds ``flac`` (mono, 16-bit) or ``wav`` (float) audio,
@@ -30,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from diffdenoise import audio
+from diffdenoise.progress import progress
 
 SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
 MANIFEST = "manifest.json"
@@ -62,13 +64,25 @@ def split_of(rel: str, val_fraction: float) -> str:
 
 
 def walk(root: Path) -> tuple[list[str], list[dict]]:
-    """Sorted relative paths of audio files, and skips for unreadable folders/other files."""
+    """Sorted relative paths of audio files, and skips for unreadable folders/other files.
+
+    Symlinked folders are followed; one that leads back into a folder already walked (a
+    loop, or a second link to the same place) is listed as skipped.
+    """
     files, skipped = [], []
+    seen = {os.path.realpath(root)}
 
     def on_error(err: OSError) -> None:
         skipped.append({"path": err.filename, "reason": f"unreadable folder ({err.strerror})"})
 
-    for dirpath, dirnames, names in os.walk(root, onerror=on_error):
+    for dirpath, dirnames, names in os.walk(root, onerror=on_error, followlinks=True):
+        for name in list(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen:
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                skipped.append({"path": rel, "reason": "symlinked folder already walked (loop)"})
+                dirnames.remove(name)
+            seen.add(real)
         dirnames.sort()
         for name in names:
             rel = os.path.relpath(os.path.join(dirpath, name), root)
@@ -108,6 +122,9 @@ def process(job: tuple[str, Path, Path | None, Options, str]) -> FileResult:
             noisy = _load_partner(rel, noisy_root, orig_rate, clean.shape[0], opt.sample_rate)
     except (audio.AudioError, OSError) as err:
         result.skipped = str(err)
+        return result
+    if not np.isfinite(clean).all() or (noisy is not None and not np.isfinite(noisy).all()):
+        result.skipped = "holds NaN or Inf samples"
         return result
     seconds = clean.shape[0] / opt.sample_rate
     if seconds < opt.min_seconds:
@@ -250,7 +267,7 @@ def pack(args: argparse.Namespace) -> dict:
     }
     jobs = [(rel, root, noisy_root, opt, split_of(rel, args.val_fraction)) for rel in files]
     hours = 0.0
-    with _pool(args.workers) as pool, tqdm(total=len(jobs), unit="file", desc=args.name) as bar:
+    with _pool(args.workers) as pool, progress(len(jobs), args.name, "file") as bar:
         results = pool.imap(process, jobs, chunksize=1) if pool else map(process, jobs)
         for res in results:
             if res.skipped:
@@ -360,6 +377,42 @@ def merge(out: Path) -> dict:
     return merged
 
 
+def verify(out: Path) -> list[str]:
+    """Every shard the manifest lists, checked for presence, size and sha256: the problems."""
+    path = out / MANIFEST
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: manifest missing; nothing to verify")
+    try:
+        manifest = json.loads(path.read_text())
+        shards = [s for split in manifest["splits"].values() for s in split["shards"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: {path}: not a shard manifest ({err})") from None
+    problems = []
+    for entry in shards:
+        tar = out / entry["file"]
+        if not tar.is_file():
+            problems.append(f"{tar}: missing")
+        elif tar.stat().st_size != entry["bytes"]:
+            problems.append(
+                f"{tar}: {tar.stat().st_size} bytes, the manifest says {entry['bytes']}"
+            )
+        elif _sha256(tar) != entry["sha256"]:
+            problems.append(f"{tar}: sha256 differs from the manifest (changed after sharding)")
+    return problems
+
+
+def _verify_main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m diffdenoise.shard verify SHARD_DIR")
+    problems = verify(Path(argv[0]))
+    for line in problems:
+        print(line, file=sys.stderr)
+    manifest = json.loads((Path(argv[0]) / MANIFEST).read_text())
+    total = sum(len(split["shards"]) for split in manifest["splits"].values())
+    print(f"{argv[0]}: {total - len(problems)} of {total} shards intact")
+    return 1 if problems else 0
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m diffdenoise.shard",
@@ -388,6 +441,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["verify"]:
+            return _verify_main(argv[1:])
         if argv[:1] == ["merge"]:
             if len(argv) != 2:
                 raise SystemExit("usage: python -m diffdenoise.shard merge SHARD_DIR")

@@ -12,10 +12,10 @@ from diffdenoise.model import build_model, count_parameters, gflops_per_second
 
 def describe(path: str) -> str:
     cfg = config.load([path])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     rate = cfg.data.sample_rate
     gflops = gflops_per_second(model, rate)
-    kind = "U-Net" if cfg.model.skips else "plain"
+    kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"
     return (
         f"{Path(path).name:<14} {kind:<6} {count_parameters(model) / 1e6:7.2f} M params "
         f"{gflops:7.2f} GFLOP per audio-second at {rate} Hz"

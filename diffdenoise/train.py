@@ -65,7 +65,10 @@ def build_data(cfg, rank: int, world: int):
             f"data.sample_rate is {cfg.data.sample_rate}; reshard or change the config"
         )
     val_urls = data.expand_urls(cfg.data.val_shards)
+    stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
     noise_urls = data.expand_urls(cfg.data.noise_shards) if cfg.data.noise_shards else None
+    if noise_urls:
+        data.manifest_stats(noise_urls)  # the cheap size check against the manifest
     if cfg.noise.weights.get("corpus", 0) > 0 and not noise_urls:
         raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
     mixer_kwargs = dict(OmegaConf.to_container(cfg.noise))
@@ -212,7 +215,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     acc, tracker = distrib.setup(cfg, run_dir)
     rank, world = acc.process_index, acc.num_processes
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     loss_fn = build_loss(cfg.loss).to(acc.device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -220,7 +223,10 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         weight_decay=cfg.optim.weight_decay,
     )
-    train_batches, val_batches, per_epoch, _ = build_data(cfg, rank, world)
+    train_batches, val_batches, per_epoch, stats = build_data(cfg, rank, world)
+    expected_val = stats["val_samples"]
+    if cfg.data.val_max_samples:
+        expected_val = min(expected_val, cfg.data.val_max_samples)
     state = TrainState(total_steps=planned_steps(cfg, per_epoch))
     scheduler = build_scheduler(optimizer, state.total_steps or 10**6, **cfg.schedule)
     model, optimizer = acc.prepare(model, optimizer)
@@ -232,9 +238,12 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     acc.register_for_checkpointing(scheduler, state)
     if cfg.train.compile:
         model = torch.compile(model)
-    if resume_from is not None:
+    if cfg.train.resume == "auto":
+        resume_from = distrib.load_newest_intact(acc, run_dir)
+    elif resume_from is not None:
         distrib.load_state(acc, resume_from, run_dir)
-        acc.print(f"resumed from {resume_from} at step {state.step}")
+    if resume_from is not None:
+        distrib.say(acc, f"resumed from {resume_from} at step {state.step}")
         state.total_steps = planned_steps(cfg, per_epoch) or state.total_steps  # config wins
     scheduler.lr_lambdas[0].total = max(state.total_steps, 1)
     tracker.start(state, config.to_plain(cfg))
@@ -249,19 +258,16 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         desc=run_dir.name,
         dynamic_ncols=True,
     )
-    start, window_start, window_steps, window = time.time(), time.time(), 0, {}
+    start, window_start, window_steps, window, window_bad = time.time(), time.time(), 0, {}, 0
     base_elapsed, step_times = state.elapsed, []
     exit_code = 0
     model.train()
     while True:
         t0 = time.time()
+        micro = [next(batches) for _ in range(ga)]
+        window_bad += sum(b.get("bad_samples", 0) for b in micro)
         parts, grad_norm, stepped = train_step(
-            model,
-            loss_fn,
-            optimizer,
-            [next(batches) for _ in range(ga)],
-            acc,
-            cfg.optim.max_grad_norm,
+            model, loss_fn, optimizer, micro, acc, cfg.optim.max_grad_norm
         )
         state.step += 1
         state.elapsed = base_elapsed + time.time() - start
@@ -272,7 +278,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         else:
             state.bad_in_row += 1
             state.bad_total += 1
-            acc.print(f"step {state.step}: non-finite loss or gradient, step skipped")
+            distrib.say(acc, f"step {state.step}: non-finite loss or gradient, step skipped")
             if state.bad_in_row >= cfg.train.max_bad_steps:
                 raise TrainingError(
                     f"{state.bad_in_row} non-finite steps in a row (train.max_bad_steps); "
@@ -290,7 +296,9 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
             window[k] = window.get(k, 0.0) + v
         window_steps += 1
         bar.update()
-        if state.step % cfg.log.every == 0:
+        if state.step % cfg.log.every == 0:  # the same step on every rank: a collective is safe
+            state.bad_samples += distrib.sum_over_ranks(acc, window_bad)
+            window_bad = 0
             dt = max(time.time() - window_start, 1e-9)
             metrics = {f"train/{k}": v / window_steps for k, v in window.items()}
             metrics.update(
@@ -298,6 +306,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
                     "train/lr": scheduler.get_last_lr()[0],
                     "train/grad_norm": grad_norm,
                     "train/skipped_steps": state.bad_total,
+                    "train/bad_samples": state.bad_samples,
                     "train/samples_per_s": window_steps * ga * cfg.train.batch_size * world / dt,
                     "train/audio_s_per_s": window_steps * ga * audio_per_batch / dt,
                     "epoch": state.step * ga / per_epoch,
@@ -327,11 +336,14 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
                 tracker,
                 run_dir,
                 state.step * ga // per_epoch,
+                expected_val,
             )
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
             distrib.save_state(acc, run_dir, state.step, cfg.checkpoint.keep_last)
         if preempted:
-            acc.print(f"preempted at step {state.step}: state saved; resume with train.resume=auto")
+            distrib.say(
+                acc, f"preempted at step {state.step}: state saved; resume with train.resume=auto"
+            )
             distrib.mark_preempted(acc, run_dir, state.step)
             exit_code = PREEMPTED_EXIT
             break
@@ -340,9 +352,10 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     bar.close()
     distrib.check_in_sync(acc, net)
     acc.wait_for_everyone()
-    acc.print(
-        f"finished at step {state.step}; best validation loss {state.best_val:.4f}; "
-        f"outputs in {run_dir}"
+    distrib.say(
+        acc,
+        f"finished at step {state.step} in {time.time() - start:.0f} s; best validation loss "
+        f"{state.best_val:.4f}; outputs in {run_dir}",
     )
     tracker.finish()  # may end the process group: nothing collective after this
     return exit_code
@@ -361,6 +374,7 @@ def run_validation(
     tracker,
     run_dir,
     epoch,
+    expected_samples: int,
 ) -> None:
     """Validate (EMA weights when on), log, and let rank 0 keep the best model."""
 
@@ -376,9 +390,16 @@ def run_validation(
     if state.validations % cfg.log.media_every == 1 or cfg.log.media_every == 1:
         with ctx():
             tracker.log_media(net, val_batches(), cfg, state.step)
-    acc.print(
-        f"step {state.step}: validation loss {val['total']:.4f} ({int(val['samples'])} samples)"
+    distrib.say(
+        acc,
+        f"step {state.step}: validation loss {val['total']:.4f} ({int(val['samples'])} samples)",
     )
+    if int(val["samples"]) != expected_samples and acc.is_main_process:
+        print(
+            f"warning: validation read {int(val['samples'])} of the {expected_samples} samples "
+            f"the manifest lists for {cfg.data.val_shards}: a val shard is damaged or changed",
+            file=sys.stderr,
+        )
     if val["total"] < state.best_val:
         state.best_val = val["total"]
         if acc.is_main_process:
@@ -408,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_dir = distrib.prepare_run_dir(cfg, files, overrides)
         resume_from = checkpoint.resolve_resume(run_dir, cfg.train.resume)
-        return train(cfg, run_dir, resume_from)
+        with distrib.one_line_rank_failure(run_dir, argv):
+            return train(cfg, run_dir, resume_from)
     except (
         config.ConfigError,
         data.DataError,

@@ -47,6 +47,6 @@ def ckpt(tmp_path_factory):
 
     cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
     torch.manual_seed(0)
-    weights = build_model(cfg.model).state_dict()
+    weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
     payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
     return save_best(tmp_path_factory.mktemp("ckpt"), payload, keep_copies=1)

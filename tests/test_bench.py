@@ -6,6 +6,7 @@ No timing is asserted here (the machines are shared); ``make bench`` prints the 
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from diffdenoise import bench, config, quality
@@ -15,7 +16,7 @@ from diffdenoise.model import build_model
 
 def test_sequential_baseline_is_the_seed_mode():
     cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg.model, cfg.data.sample_rate).eval()
     x = np.random.default_rng(0).standard_normal(16000 * 2 + 300).astype(np.float32)
     seed = Denoiser(model, 16000, mode="seed")(x, 16000)
     np.testing.assert_allclose(bench.sequential_seed_loop(model, x, 16000), seed, atol=1e-5)
@@ -29,7 +30,7 @@ def test_bench_cli_writes_results(tmp_path):
     rates = {"default": 48000, "seed": 48000, "tiny": 16000}
     assert names == [f"model cost: {c}.yaml ({r} Hz)" for c, r in rates.items()]
     default = report["rows"][0]
-    assert default["params_m"] == 1.44 and default["rtf"] > 0
+    assert default["params_m"] == 3.498 and default["rtf"] > 0  # the spectral default at 48 kHz
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
 
 
@@ -41,33 +42,65 @@ def test_long_file_is_written_in_blocks(tmp_path):
     assert info.frames == 25 * 8000 and info.subtype == "PCM_16"
 
 
-def summary_with(default_delta, seed_delta, wiener_out, default_out):
-    buckets = {}
-    for snr, w, d in zip(("0 dB", "15 dB"), wiener_out, default_out):
-        noisy = float(snr.split()[0])
-        buckets[snr] = {
-            "noisy": {"si_sdr": noisy},
-            "wiener": {"si_sdr": w},
-            "default": {"si_sdr": d},
+def by_snr(default, wiener, seed_delta, default_pesq=(2.0, 3.0)):
+    """A per-SNR table: noisy at 0 and 15 dB (PESQ 1.5 and 2.5), the others as given."""
+    table = {}
+    for i, b in enumerate(("0 dB", "15 dB")):
+        noisy = float(b.split()[0])
+        table[b] = {
+            "noisy": {"si_sdr": noisy, "pesq": 1.5 + i},
+            "wiener": {"si_sdr": wiener[i], "pesq": 1.8 + i},
+            "default": {"si_sdr": default[i], "pesq": default_pesq[i]},
         }
-    buckets["all"] = {
-        "default": {"si_sdr_delta": default_delta},
+    table["all"] = {
+        "default": {
+            "si_sdr_delta": (default[0] + default[1] - 15) / 2,
+            "pesq": sum(default_pesq) / 2,
+        },
+        "wiener": {"pesq": 2.3},
         "seed": {"si_sdr_delta": seed_delta},
     }
-    return buckets
+    return table
 
 
 def test_quality_verdicts_follow_the_targets():
-    good = quality.verdicts(summary_with(6.0, 2.5, (4, 20), (8, 21)), {"default": 30.0})
-    assert [ok for *_, ok in good] == [True, True, True, True]
-    bad = quality.verdicts(summary_with(5.0, 2.5, (4, 20), (8, 14)), {"default": 20.0})
-    assert [ok for *_, ok in bad] == [False, False, False, False]
-    assert bad[1][1] == "0 dB: +4.00, 15 dB: -6.00"
+    good = quality.verdicts(by_snr((8, 21), (4, 20), 0.5), {"default": {"si_sdr": 30.0}}, 0.01)
+    assert [ok for *_, ok in good] == [True] * 7
+    bad = quality.verdicts(
+        by_snr((8, 14), (9, 20), 2.5, (1.4, 2.6)), {"default": {"si_sdr": 20.0}}, 0.06
+    )
+    assert [ok for *_, ok in bad] == [False] * 7
+    assert bad[1][1] == "0 dB: +8.00, 15 dB: -1.00"  # output against input SI-SDR
+    assert bad[3][1] == "0 dB: -1.00, 15 dB: -6.00"  # against the Wiener filter
+
+
+def test_quality_data_holds_out_test_speech_and_one_noise(tmp_path):
+    import soundfile as sf
+
+    from diffdenoise import quality_data
+    from tests.helpers import make_corpus
+
+    speech = make_corpus(tmp_path / "speech", n=12, seconds=1.0)
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for name in ("hiss", "rumble"):
+        sf.write(
+            noise_dir / f"{name}.wav", np.random.default_rng(0).normal(size=16000 * 5) * 0.1, 16000
+        )
+    qd = quality_data.prepare(speech, noise_dir, tmp_path / "work", 16000, holdout="rumble")
+    trained = {p.name for p in (tmp_path / "work" / "speech-train").iterdir()}
+    tested = {str(p.relative_to(speech)).replace("/", "__") for p in qd.test_speech}
+    assert tested and trained and not tested & trained and len(tested | trained) == 12
+    assert (qd.speech_shards / "manifest.json").is_file()
+    noise_manifest = json.loads((qd.noise_shards / "manifest.json").read_text())
+    assert noise_manifest["splits"]["train"]["seconds"] == pytest.approx(
+        4.0, abs=0.1
+    )  # 80 % of hiss
+    assert set(qd.test_noise) == {"hiss", "rumble"} and qd.holdout == "rumble"
+    assert len(qd.test_noise["hiss"]) == 16000 and len(qd.test_noise["rumble"]) == 16000 * 5
 
 
 def test_gpu_figures_say_clearly_when_there_is_no_gpu(tmp_path):
-    import pytest
-
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: bench --gpu would run for real")
     with pytest.raises(SystemExit, match="--gpu needs a CUDA GPU; none is visible here"):

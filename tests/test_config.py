@@ -79,3 +79,34 @@ def test_unknown_validation_metric_is_named():
 def test_yaml_boolean_words_stay_strings_for_choice_keys():
     cfg = config.load(["configs/default.yaml"], ["train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=-4", "'train.batch_size' is -4; it must be >= 1"),
+        ("train.batch_size=0", "'train.batch_size' is 0; it must be >= 1"),
+        ("data.segment=0", "'data.segment' is 0; it must be >= 1"),
+        ("data.num_workers=-1", "'data.num_workers' is -1; it must be >= 0"),
+        ("optim.lr=0", "'optim.lr' is 0.0; it must be > 0"),
+        ("optim.beta2=1", "'optim.beta2' is 1.0; it must be >= 0 and < 1"),
+        ("noise.clean_prob=1.5", "'noise.clean_prob' is 1.5; it must be >= 0 and <= 1"),
+        ("model.strides=[4,0,4]", "'model.strides' is 0; it must be >= 1"),
+        ("loss.resolutions=[[512,0,512]]", "each entry is [n_fft, hop, win] > 0"),
+    ],
+)
+def test_numbers_out_of_range_are_refused(override, message):
+    extra = ["model.depth=3"] if override.startswith("model.strides") else []
+    with pytest.raises(ConfigError) as err:
+        config.load([], [*extra, override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_segment_shorter_than_the_model_can_use_names_the_minimum():
+    with pytest.raises(ConfigError, match=r"'data.segment' is 50; this model needs at least 64"):
+        config.load(["configs/tiny.yaml"], ["data.segment=50"])  # strides 4 x 4 x 4
+    with pytest.raises(ConfigError, match=r"needs at least 512 samples \(32.0 ms at 16000 Hz\)"):
+        config.load(["configs/default.yaml"], ["data.sample_rate=16000", "data.segment=500"])
+    with pytest.raises(ConfigError, match="'data.val_segment' is 1;"):
+        config.load(["configs/tiny.yaml"], ["data.val_segment=1"])
+    assert config.load(["configs/tiny.yaml"], ["data.segment=64"]).data.segment == 64

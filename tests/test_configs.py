@@ -22,7 +22,7 @@ def test_config_builds(path):
     assert first.startswith("#")
     assert "Run:" in path.read_text().split("\n\n")[0] or "Run:" in path.read_text()[:600]
     cfg = config.load([path])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.sample_rate)
     loss = build_loss(cfg.loss)
     x = torch.randn(1, 1, 2000)
     with torch.no_grad():
@@ -45,6 +45,8 @@ def test_seed_matches_original_recipe():
 
 def test_default_is_the_recommended_setup():
     cfg = config.load([Path(__file__).parents[1] / "configs/default.yaml"])
+    assert cfg.model.family == "spectral" and cfg.model.spectral.prior
+    assert cfg.noise.clean_prob > 0 and cfg.noise.eq_db > 0 and cfg.noise.snr_min <= -5
     assert cfg.model.skips and cfg.model.output == "residual" and cfg.model.normalize
     assert len(cfg.loss.resolutions) >= 3 and cfg.optim.ema
     assert cfg.train.mixed_precision == "bf16"

@@ -195,3 +195,27 @@ def test_epoch_length_from_manifest(shards):
     stats = data.manifest_stats(urls)
     assert stats["sample_rates"] == [16000] and stats["samples"] >= 4
     assert data.batches_per_epoch(stats["samples"], 2, 2) == stats["samples"] // 4
+
+
+def test_mixer_augmentations_keep_the_snr_and_leave_a_share_clean():
+    clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
+    m = mixer(clean_prob=0.3, eq_db=6.0, second_prob=0.5)
+    results = [m(clean, np.random.default_rng(i)) for i in range(200)]
+    untouched = [r for r in results if r[3] == float("inf")]
+    assert 40 <= len(untouched) <= 80  # about 30 %
+    assert all(np.array_equal(noisy, c) for noisy, c, _, _ in untouched)
+    for noisy, c, _, snr in results:
+        if snr != float("inf"):
+            assert noise.snr_db(c, noisy) == pytest.approx(snr, abs=0.1)
+
+
+def test_mixer_without_augmentations_draws_the_same_stream_as_before():
+    clean = np.sin(np.linspace(0, 900, 4000)).astype(np.float32)
+    plain = mixer()(clean, np.random.default_rng(7))
+    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0)(clean, np.random.default_rng(7))
+    np.testing.assert_array_equal(plain[0], off[0])
+    rng = np.random.default_rng(7)  # the original recipe's draws, in order
+    kind = ["gaussian", "pink", "brown"][rng.choice(3, p=[1 / 3] * 3)]
+    sound = noise.GENERATORS[kind](rng, 4000)
+    expected = noise.mix_at_snr(clean, sound, float(rng.uniform(-5, 20)))
+    np.testing.assert_array_equal(plain[0], expected)

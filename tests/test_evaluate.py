@@ -115,3 +115,25 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and report is None
     assert len(err) == 1 and message in err[0]
+
+
+def test_report_lands_beside_the_checkpoint_and_a_bad_path_fails_first(
+    ckpt, val_shards, tmp_path, capsys
+):
+    import shutil
+
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    shutil.copy(ckpt, run / "best.pt")
+    args = ["-c", run / "best.pt", "--shards", f"{val_shards}/val-*.tar", "--snr", "5"]
+    assert evaluate.main([*map(str, args), "--max-files", "1"]) == 0
+    assert json.loads((run / "eval.json").read_text())["summary"]["all"]["noisy"]["n"] == 1
+    deep = tmp_path / "new" / "folder" / "e.json"  # a folder that does not exist yet
+    assert evaluate.main([*map(str, args), "--max-files", "1", "--json", str(deep)]) == 0
+    assert deep.is_file()
+    capsys.readouterr()
+    bad = ["--json", "/proc/version/e.json"]
+    assert evaluate.main([*map(str, args), *bad]) == 2
+    err = capsys.readouterr()
+    assert "error: --json /proc/version/e.json: cannot create its folder" in err.err
+    assert "scoring" not in err.err  # refused before any item was scored

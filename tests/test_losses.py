@@ -82,3 +82,21 @@ def test_shorter_than_largest_fft_is_padded_not_an_error():
 def test_shape_mismatch_is_clear():
     with pytest.raises(ValueError, match="shape mismatch"):
         DenoiseLoss(RES)(torch.zeros(1, 1, 100), torch.zeros(1, 1, 99))
+
+
+def test_sisdr_term_is_capped_and_only_present_when_weighted():
+    import torch
+
+    from diffdenoise.losses import DenoiseLoss, si_sdr
+
+    torch.manual_seed(0)
+    clean = torch.randn(2, 1, 4000)
+    noisy = clean + 0.3 * torch.randn(2, 1, 4000)
+    assert float(si_sdr(clean, clean).max()) == pytest.approx(30.0, abs=0.01)  # capped
+    assert float(si_sdr(noisy, clean, max_db=200).mean()) == pytest.approx(10.5, abs=0.5)
+    plain = DenoiseLoss([(256, 64, 256)])
+    weighted = DenoiseLoss([(256, 64, 256)], sisdr_weight=0.1)
+    total, parts = weighted(noisy, clean)
+    base, base_parts = plain(noisy, clean)
+    assert "neg_sisdr" not in base_parts and "neg_sisdr" in parts
+    assert float(total) == pytest.approx(float(base) + 0.1 * float(parts["neg_sisdr"]), rel=1e-5)

@@ -228,3 +228,75 @@ def test_demo_data_is_deterministic(tmp_path):
     assert a[0].read_bytes() != c[0].read_bytes()
     data, rate = sf.read(str(a[0]))
     assert rate == 16000 and 0.05 < np.abs(data).max() < 1.0
+
+
+def test_nan_audio_is_skipped_and_the_good_files_are_packed(tmp_path, capsys):
+    src = make_corpus(tmp_path / "gt", n=3)
+    bad = np.full(16000, 0.1, np.float32)
+    bad[4000] = np.nan
+    sf.write(str(src / "nan.wav"), bad, 16000, subtype="FLOAT")
+    bad[4000] = np.inf
+    sf.write(str(src / "inf.wav"), bad, 16000, subtype="FLOAT")
+    assert run(src, "--name", "n", "--out", tmp_path / "s", "--val-fraction", "0") == 0
+    m = json.loads((tmp_path / "s" / "n" / "manifest.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert reasons["nan.wav"] == reasons["inf.wav"] == "holds NaN or Inf samples"
+    assert m["splits"]["train"]["samples"] == 3
+    assert f"skipped {src / 'nan.wav'}: holds NaN or Inf samples" in capsys.readouterr().err
+
+
+def test_symlinked_folders_are_followed_and_loops_listed(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=2)
+    elsewhere = make_corpus(tmp_path / "more", n=2)
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (src / "d0" / "loop").symlink_to(src, target_is_directory=True)
+    files, skipped = shard.walk(src)
+    assert [f for f in files if f.startswith("linked/")] == [
+        "linked/d0/utt0.wav",
+        "linked/d1/utt1.wav",
+    ]
+    assert {"path": "d0/loop", "reason": "symlinked folder already walked (loop)"} in skipped
+    assert len(files) == 4
+
+
+def test_verify_checks_every_size_and_hash(tmp_path, capsys):
+    src = make_corpus(tmp_path / "gt", n=8, seconds=3)
+    out = tmp_path / "s" / "v"
+    assert run(src, "--name", "v", "--out", tmp_path / "s", "--shard-mb", "0.1") == 0
+    tars = sorted(out.glob("*.tar"))
+    assert len(tars) >= 3
+    assert shard.main(["verify", str(out)]) == 0
+    assert f"{out}: {len(tars)} of {len(tars)} shards intact" in capsys.readouterr().out
+    raw = bytearray(tars[0].read_bytes())
+    raw[600] ^= 0xFF  # same size: only the hash can tell
+    tars[0].write_bytes(bytes(raw))
+    tars[1].write_bytes(tars[1].read_bytes()[:-512])
+    tars[2].unlink()
+    assert shard.main(["verify", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tars[0]}: sha256 differs from the manifest" in captured.err
+    assert f"{tars[1]}: {tars[1].stat().st_size} bytes, the manifest says" in captured.err
+    assert f"{tars[2]}: missing" in captured.err
+    assert f"{len(tars) - 3} of {len(tars)} shards intact" in captured.out
+    assert shard.main(["verify", str(tmp_path)]) == 2
+    assert "manifest missing; nothing to verify" in capsys.readouterr().err
+
+
+def test_training_refuses_a_shard_whose_size_changed(tmp_path, capsys):
+    from diffdenoise import train
+
+    src = make_corpus(tmp_path / "gt", n=6)
+    assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
+    tar = sorted((tmp_path / "s" / "c").glob("train-*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:-1024])
+    capsys.readouterr()
+    args = [
+        "configs/tiny.yaml",
+        f"data.train_shards={tmp_path}/s/c/train-*.tar",
+        f"data.val_shards={tmp_path}/s/c/val-*.tar",
+        f"train.runs_dir={tmp_path}/runs",
+    ]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {tar}: ")
+    assert "changed after sharding" in err and "diffdenoise.shard verify" in err

@@ -279,8 +279,29 @@ def test_two_nodes_on_localhost(shards, tmp_path):
     assert "parameters identical across 2 rank(s)" in outs[0]
 
 
-def test_non_finite_steps_stop_with_clear_error(tmp_path):
+def poison_noisy_twins(shards):
+    """Overwrite every stored noisy twin with NaN samples of the same length (and size)."""
+    import io
+    import tarfile
+
     import numpy as np
+    import soundfile as sf
+
+    for tar_path in shards.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(tar_path, "w") as tar:
+            for member, data in members:
+                if member.name.endswith(".noisy.wav"):
+                    x, sr = sf.read(io.BytesIO(data), dtype="float32")
+                    buf = io.BytesIO()
+                    sf.write(buf, np.full_like(x, np.nan), sr, format="WAV", subtype="FLOAT")
+                    data = buf.getvalue()
+                    assert len(data) == member.size
+                tar.addfile(member, io.BytesIO(data))
+
+
+def test_non_finite_steps_stop_with_clear_error(tmp_path):
     import soundfile as sf
 
     from diffdenoise import shard
@@ -291,7 +312,7 @@ def test_non_finite_steps_stop_with_clear_error(tmp_path):
         x, sr = sf.read(str(path), dtype="float32")
         out = tmp_path / "gl" / path.relative_to(clean)
         out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(out), np.full_like(x, np.nan), sr, subtype="FLOAT")
+        sf.write(str(out), x, sr, subtype="FLOAT")
     shard.main(
         [
             str(clean),
@@ -308,6 +329,7 @@ def test_non_finite_steps_stop_with_clear_error(tmp_path):
         ]
     )
     shards = tmp_path / "s" / "nan"
+    poison_noisy_twins(shards)  # the shard tool refuses NaN audio, so damage the tars after
     proc = python_run(
         [TRAIN, *args_for(shards, tmp_path / "runs", "train.max_bad_steps=3")], check=False
     )
@@ -320,6 +342,7 @@ def test_non_finite_steps_stop_with_clear_error(tmp_path):
     "extra, message",
     [
         (["model.chanels=3"], "unknown key 'model.chanels'"),
+        (["train.batch_size=-4"], "'train.batch_size' is -4; it must be >= 1"),
         (["data.train_shards=/nonexistent/x-*.tar"], "no shard matches"),
         (["train.runs_dir=/etc/hostname/runs"], "cannot create the run directory"),
         (["train.resume=/nonexistent/state"], "no saved training state"),
@@ -415,3 +438,91 @@ def test_torch_compile_trains_and_saves_plain_weights(shards, tmp_path):
     from diffdenoise import Denoiser
 
     assert Denoiser.from_checkpoint(best, device="cpu")(torch.zeros(100), 16000).shape == (100,)
+
+
+def test_resume_auto_skips_a_damaged_newest_state(shards, tmp_path):
+    steps = [
+        "checkpoint.every=2",
+        "train.val_every=2",
+        "checkpoint.keep_last=3",
+        "train.run_name=r",
+    ]
+    python_run([TRAIN, *args_for(shards, tmp_path, "train.max_steps=6", *steps)])
+    run = run_dir_of(tmp_path)
+    states = sorted((run / "state").iterdir())
+    assert [p.name for p in states] == [f"step-00000000{i}" for i in (2, 4, 6)]
+    weights = states[2] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (states[1] / "custom_checkpoint_2.pkl").write_bytes(b"")
+    proc = python_run(
+        [TRAIN, *args_for(shards, tmp_path, "train.max_steps=8", "train.resume=auto", *steps)]
+    )
+    assert f"warning: skipping {states[2]}: saved state is damaged" in proc.stdout
+    assert f"warning: skipping {states[1]}: saved state is damaged" in proc.stdout
+    assert f"resumed from {states[0]} at step 2" in proc.stdout
+    assert (run / "state" / "step-000000008").is_dir()
+    for state in (run / "state").iterdir():  # now damage every one
+        (state / "model.safetensors").write_bytes(b"")
+    proc = python_run(
+        [TRAIN, *args_for(shards, tmp_path, "train.max_steps=10", "train.resume=auto", *steps)],
+        check=False,
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2
+    assert err[-1].startswith(f"error: {run / 'state'}: no intact training state to resume from")
+
+
+def test_damaged_shards_are_counted_named_and_warned_once(tmp_path):
+    import tarfile
+
+    shards = make_shards(tmp_path, n=8, extra=["--val-fraction", "0.25", "--max-seconds", "1"])
+    train_tar = sorted(shards.glob("train-*.tar"))[0]
+    with tarfile.open(train_tar) as tar:
+        flac = next(m for m in tar.getmembers() if m.name.endswith(".flac"))
+    raw = bytearray(train_tar.read_bytes())  # same size: passes the start-up size check
+    raw[flac.offset_data : flac.offset_data + flac.size] = b"\x00" * flac.size
+    train_tar.write_bytes(bytes(raw))
+    val_tar = sorted(shards.glob("val-*.tar"))[0]
+    raw = bytearray(val_tar.read_bytes())
+    half = len(raw) // 2
+    raw[half:] = bytes(range(256)) * ((len(raw) - half) // 256) + b"\x01" * (
+        (len(raw) - half) % 256
+    )
+    val_tar.write_bytes(bytes(raw))
+    manifest = json.loads((shards / "manifest.json").read_text())
+    listed = manifest["splits"]["val"]["samples"]
+    extra = ["train.max_steps=6", "train.val_every=2", "log.every=2", "train.run_name=r"]
+    proc = python_run([TRAIN, *args_for(shards, tmp_path / "runs", *extra)])
+    err = proc.stderr
+    assert err.count(f"{val_tar}:") == 1  # once, though validation read it three times
+    assert "validation read " in err and f"of the {listed} samples the manifest lists" in err
+    assert f"in {train_tar}: " in err  # the undecodable sample names its tar
+    rows = [
+        json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert max(r.get("train/bad_samples", 0) for r in rows) >= 1
+
+
+def test_a_killed_rank_gives_one_line_with_the_resume_command(shards, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ["train.max_steps=100000", "train.max_epochs=0", "log.every=1", "train.run_name=k"]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--main_process_port", "29641", "--mixed_precision", "no",
+        "--dynamo_backend", "no", TRAIN, *args_for(shards, runs, *extra),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = runs / "k" / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    os.kill(sorted(children(proc.pid))[-1], signal.SIGKILL)  # as the out-of-memory killer would
+    out, _ = proc.communicate(timeout=120)
+    lines = [ln for ln in out.splitlines() if ln.startswith("error: rank ")]
+    assert proc.returncode != 0 and len(lines) == 1, out
+    assert "stopped: another rank failed or was killed first" in lines[0]
+    assert lines[0].endswith("train.run_name=k train.resume=auto")

@@ -1,0 +1,118 @@
+"""Test and training sets for the quality loop, from any speech folder and noise folder.
+
+Speech is split by file: a fixed share of the files (chosen by a hash of the path) is the
+test set and plays no part in training. Noise is split in time: the first
+``TRAIN_SHARE`` of every noise file trains, the rest tests; one noise file is held out
+whole, so one row of the report is a noise the model never heard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffdenoise import audio
+from diffdenoise.shard import walk
+
+TEST_FRACTION = 0.15
+TRAIN_SHARE = 0.8
+
+
+@dataclass
+class QualityData:
+    """Where the prepared quality data lives."""
+
+    speech_shards: Path  # train/val shards of the training speech
+    noise_shards: Path  # noise shards of the training part of the noise
+    test_speech: list[Path]  # held-out speech files
+    test_noise: dict[str, np.ndarray]  # noise name -> (time,) test noise at ``rate``
+    holdout: str  # the noise type no training saw
+    rate: int
+
+
+def is_test(rel: str) -> bool:
+    u = int(hashlib.sha1(f"quality-test/{rel}".encode()).hexdigest()[:8], 16) / 2**32
+    return u < TEST_FRACTION
+
+
+def split_speech(clean_dir: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of ``(train, test)`` speech files; at least one of each."""
+    files, _ = walk(clean_dir)
+    if len(files) < 2:
+        raise SystemExit(f"error: {clean_dir}: the quality loop needs at least 2 audio files")
+    test = [f for f in files if is_test(f)] or files[-1:]
+    return [f for f in files if f not in test], test
+
+
+def noise_parts(noise_dir: Path, rate: int, holdout: str) -> tuple[dict, dict, str]:
+    """``(train, test, holdout)``: name -> ``(time,)`` noise at ``rate`` for each part."""
+    files, _ = walk(noise_dir)
+    if not files:
+        raise SystemExit(f"error: {noise_dir}: no noise audio files")
+    names = {Path(f).stem: f for f in files}
+    holdout = holdout or sorted(names)[0]
+    if holdout not in names:
+        raise SystemExit(f"error: --holdout-noise {holdout}: not one of {', '.join(names)}")
+    if len(names) < 2:
+        raise SystemExit(f"error: {noise_dir}: need 2+ noise files to hold one out")
+    train, test = {}, {}
+    for name, rel in sorted(names.items()):
+        data, orig = audio.read(noise_dir / rel)
+        wave = audio.resample(audio.to_mono(data), orig, rate)
+        cut = int(len(wave) * TRAIN_SHARE) if name != holdout else 0
+        if name != holdout:
+            train[name] = wave[:cut]
+        test[name] = wave[cut:]
+    return train, test, holdout
+
+
+def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: str = ""):
+    """Split, write and shard the training parts under ``work``; reuse them when unchanged."""
+    train_files, test_files = split_speech(clean_dir)
+    train_noise, test_noise, holdout = noise_parts(noise_dir, rate, holdout)
+    stamp = {
+        "clean": str(clean_dir.resolve()),
+        "noise": str(noise_dir.resolve()),
+        "train": train_files,
+        "holdout": holdout,
+        "rate": rate,
+    }
+    speech_shards, noise_shards = work / "shards" / "speech", work / "shards" / "noise"
+    stamp_file = work / "prepared.json"
+    if not stamp_file.is_file() or json.loads(stamp_file.read_text()) != stamp:
+        _link_files(clean_dir, train_files, work / "speech-train")
+        noise_dir_train = work / "noise-train"
+        noise_dir_train.mkdir(parents=True, exist_ok=True)
+        for name, wave in train_noise.items():
+            audio.write(noise_dir_train / f"{name}.wav", wave, rate)
+        common = ["--out", str(work / "shards"), "--sample-rate", str(rate), "--workers", "2"]
+        _shard(work / "speech-train", "speech", [*common, "--val-fraction", "0.1"])
+        _shard(noise_dir_train, "noise", [*common, "--kind", "noise", "--val-fraction", "0"])
+        stamp_file.write_text(json.dumps(stamp))
+    return QualityData(
+        speech_shards,
+        noise_shards,
+        [clean_dir / f for f in test_files],
+        test_noise,
+        holdout,
+        rate,
+    )
+
+
+def _link_files(root: Path, files: list[str], out: Path) -> None:
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out.mkdir(parents=True)
+    for rel in files:
+        (out / rel.replace("/", "__")).symlink_to((root / rel).resolve())
+
+
+def _shard(folder: Path, name: str, args: list[str]) -> None:
+    subprocess.run(["rm", "-rf", str(Path(args[args.index("--out") + 1]) / name)], check=True)
+    cmd = [sys.executable, "-m", "diffdenoise.shard", str(folder), "--name", name, *args]
+    subprocess.run(cmd, check=True)

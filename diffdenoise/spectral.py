@@ -1,0 +1,189 @@
+"""The spectral-mask denoiser: a bounded gain per time-frequency bin on the noisy phase.
+
+This is the form of a Wiener filter (and of RNNoise, GTCRN, DeepFilterNet): the output is
+``istft(gain * stft(noisy))`` with ``0 <= gain <= 1``. The network starts from a classical
+estimate computed in torch inside the model, a minimum-statistics noise spectrum and the
+Wiener gain it implies, and learns a correction of that gain in the logit domain. The
+correction's last layer is zero-initialised, so an untrained model *is* the classical
+filter; training can only have to improve on it, and clean input (where the classical
+gain is about 1 wherever speech has energy) starts out untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffdenoise.model import sinusoidal_embedding
+
+# Minimum statistics: the minimum of a smoothed periodogram underestimates the mean noise
+# power; this factor brings it back for stationary noise (measured on white noise with the
+# default smoothing and window, see tests/test_spectral.py).
+MIN_STATS_BIAS = 5.5
+SMOOTH_FRAMES = 5  # periodogram smoothing, about 40 ms at the default 8 ms hop
+POWER_FLOOR = 1e-10  # relative to the segment's mean power: digital silence stays finite
+GAIN_EPS = 0.02  # the prior's logit stays within +-3.9, where the correction still learns
+QUIET_FRACTION = 0.2
+DD_SMOOTHING = 0.98  # decision-directed weight of the previous frame, as in the baseline
+
+
+def noise_psd(power: torch.Tensor, window: int) -> torch.Tensor:
+    """Minimum-statistics noise power per bin.
+
+    Args:
+        power: ``(batch, freq, frames)`` periodogram ``|Y|^2``.
+        window: frames over which the minimum is taken (about one second).
+    Returns:
+        ``(batch, freq, frames)`` noise power estimate.
+    """
+    smooth = F.avg_pool1d(
+        F.pad(power, (SMOOTH_FRAMES // 2,) * 2, mode="replicate"), SMOOTH_FRAMES, stride=1
+    )
+    window = window | 1  # odd, so the output keeps the frame count
+    minimum = -F.max_pool1d(-smooth, window, stride=1, padding=window // 2)
+    return MIN_STATS_BIAS * minimum, smooth
+
+
+def quiet_frames_psd(power: torch.Tensor) -> torch.Tensor:
+    """Noise power per bin as the mean over the quietest fifth of the frames (as the
+    baseline Wiener filter estimates it): strong at low SNR, where minimum statistics
+    underestimates, but it mistakes quiet speech for noise in clean input.
+
+    ``(batch, freq, frames)`` -> ``(batch, freq, 1)``.
+    """
+    energy = power.sum(1)  # (batch, frames)
+    quiet = (energy <= torch.quantile(energy, QUIET_FRACTION, dim=1, keepdim=True)).float()
+    return (power * quiet[:, None]).sum(2, keepdim=True) / quiet.sum(1)[:, None, None]
+
+
+@torch.no_grad()
+def decision_directed_gain(power: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Wiener gain with the decision-directed a-priori SNR (Ephraim-Malah), frame by frame.
+
+    ``power``: ``(batch, freq, frames)``; ``noise``: broadcastable to it. The recursion
+    smooths the SNR estimate over time, which keeps musical noise down; it carries no
+    gradient (the prior is an input, the network learns the correction).
+    """
+    posterior = power / noise.expand_as(power)
+    gains = torch.empty_like(power)
+    previous = torch.ones_like(power[..., 0])  # |G * Y|^2 / noise of the frame before
+    for t in range(power.shape[-1]):
+        prior = DD_SMOOTHING * previous + (1 - DD_SMOOTHING) * (posterior[..., t] - 1).clamp_min(0)
+        gains[..., t] = prior / (1 + prior)
+        previous = gains[..., t].square() * posterior[..., t]
+    return gains
+
+
+def wiener_gain(power: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classical prior gain and the features the network reads beside it.
+
+    The gain is decision-directed Wiener against the quietest-frames noise estimate (the
+    stronger of the two at low SNR). The features are the log a-posteriori SNRs against
+    both estimates: minimum statistics tells speech from noise where the quietest frames
+    still hold speech (high SNR, clean input), which is where the prior needs correcting.
+
+    Returns ``(gain, log SNRs)``: ``(batch, freq, frames)`` and ``(batch, 2 * freq, frames)``.
+    """
+    power = power + POWER_FLOOR * power.mean(dim=(1, 2), keepdim=True) + 1e-20
+    min_stats, smooth = noise_psd(power, window)
+    quiet = quiet_frames_psd(power)
+    log_snrs = torch.cat([torch.log(smooth / min_stats), torch.log(smooth / quiet)], 1)
+    return decision_directed_gain(power, quiet), log_snrs
+
+
+def local_head(features: int, channels: int) -> nn.Sequential:
+    """2-D convolutions over (freq, frames), shared by every bin: the per-bin correction
+    from its neighbourhood (+-1 bin, about +-7 frames), which a dense layer over all bins
+    would have to learn separately for each frequency. Its last layer starts at zero."""
+    layers: list[nn.Module] = [nn.Conv2d(features, channels, 3, padding=1), nn.LeakyReLU(0.2)]
+    for dilation in (2, 4):
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=(1, dilation), dilation=(1, dilation)),
+            nn.LeakyReLU(0.2),
+        ]
+    layers.append(nn.Conv2d(channels, 1, 1))
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
+class SpectralMaskModel(nn.Module):
+    """Noisy STFT -> per-frame features -> temporal conv + GRU -> gain correction -> iSTFT.
+
+    Per frame the network sees four vectors over all bins: the log spectrum (minus the
+    segment's mean, so the level does not matter), the log a-posteriori SNRs against two
+    noise estimates (minimum statistics, and the quietest frames), and the classical gain.
+    The diffusion timestep enters through the sinusoidal embedding as a FiLM on the hidden
+    state (zero-initialised, like the U-Net's).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        win_ms: float = 32.0,
+        hop_ms: float = 8.0,
+        hidden: int = 256,
+        layers: int = 2,
+        context_frames: int = 3,
+        noise_window_s: float = 1.0,
+        prior: bool = True,
+        local_channels: int = 16,
+        time_dim: int = 64,
+    ):
+        super().__init__()
+        self.n_fft = max(16, round(sample_rate * win_ms / 1000))
+        self.hop = max(1, round(sample_rate * hop_ms / 1000))
+        self.bins = self.n_fft // 2 + 1
+        self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
+        self.prior, self.time_dim = prior, time_dim
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.inp = nn.Conv1d(4 * self.bins, hidden, context_frames, padding=context_frames // 2)
+        self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_dim, 4 * time_dim), nn.SiLU(), nn.Linear(4 * time_dim, 2 * hidden)
+        )
+        nn.init.zeros_(self.time_mlp[-1].weight)
+        nn.init.zeros_(self.time_mlp[-1].bias)
+        self.out = nn.Linear(hidden, self.bins)
+        nn.init.zeros_(self.out.weight)  # untrained = the classical gain (or 0.5 without it)
+        nn.init.zeros_(self.out.bias)
+        self.local = local_head(4, local_channels) if local_channels else None
+
+    def stft(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, time)`` -> complex ``(batch, freq, frames)``."""
+        return torch.stft(
+            x.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
+        )
+
+    def gain(self, spec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Gain in ``[0, 1]`` for a complex ``(batch, freq, frames)`` spectrum."""
+        power = spec.real.square() + spec.imag.square()
+        classical, log_snr = wiener_gain(power, self.window_frames)
+        log_power = torch.log(power + 1e-10)
+        log_power = log_power - log_power.mean(dim=(1, 2), keepdim=True)
+        feats = torch.cat([log_power, log_snr.clamp(-10, 20), classical], dim=1)
+        h = F.leaky_relu(self.inp(feats), 0.2).transpose(1, 2)  # (batch, frames, hidden)
+        scale, shift = self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
+        h, _ = self.rnn(h * (1 + scale) + shift)
+        correction = self.out(h).transpose(1, 2)  # (batch, freq, frames)
+        if self.local is not None:
+            stacked = feats.view(feats.shape[0], 4, self.bins, -1)
+            correction = correction + self.local(stacked)[:, 0]
+        base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if self.prior else 0.0
+        return torch.sigmoid(base + correction)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, 1, time)`` noisy waveform -> ``(batch, 1, time)`` denoised waveform."""
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise ValueError(f"expected input of shape (batch, 1, time), got {tuple(x.shape)}")
+        length = x.shape[-1]
+        if t is None:
+            t = torch.zeros(x.shape[0], device=x.device)
+        wave = F.pad(x[:, 0].float(), (0, max(0, self.n_fft - length)))
+        spec = self.stft(wave)
+        out = torch.istft(
+            spec * self.gain(spec, t), self.n_fft, self.hop, window=self.window,
+            length=wave.shape[-1],
+        )  # fmt: skip
+        return out[:, None, :length].to(x.dtype)

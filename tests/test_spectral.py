@@ -1,0 +1,76 @@
+"""The spectral-mask model: shapes, its classical starting point, bounded gains."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffdenoise import config, demo_data
+from diffdenoise.metrics import si_sdr
+from diffdenoise.model import build_model
+from diffdenoise.spectral import GAIN_EPS, SpectralMaskModel, noise_psd, wiener_gain
+
+
+def small(**kw):
+    torch.manual_seed(0)
+    return SpectralMaskModel(16000, hidden=32, layers=1, time_dim=8, **kw).eval()
+
+
+@pytest.mark.parametrize("length", [1, 7, 100, 511, 8000, 16001])
+def test_any_length_in_is_that_length_out(length):
+    x = torch.randn(2, 1, length)
+    with torch.no_grad():
+        assert small()(x).shape == (2, 1, length)
+
+
+def test_stft_is_sized_for_the_sample_rate():
+    assert (small().n_fft, small().hop) == (512, 128)
+    model = SpectralMaskModel(48000, hidden=8, layers=1, time_dim=8)
+    assert (model.n_fft, model.hop, model.bins) == (1536, 384, 769)
+
+
+def test_minimum_statistics_finds_the_level_of_stationary_noise():
+    model = small()
+    power = model.stft(torch.randn(4, 32000) * 0.1).abs().square()
+    estimate, _ = noise_psd(power, model.window_frames)
+    assert (estimate.mean() / power.mean()).item() == pytest.approx(1.0, rel=0.2)
+
+
+def test_untrained_model_is_the_classical_wiener_filter():
+    model, x = small(), torch.randn(1, 1, 16000)
+    spec = model.stft(x[:, 0])
+    classical, _ = wiener_gain(spec.abs().square(), model.window_frames)
+    expected = torch.istft(
+        spec * classical.clamp(GAIN_EPS, 1 - GAIN_EPS), 512, 128, window=model.window, length=16000
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x)[:, 0].numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_gain_stays_between_zero_and_one_whatever_the_weights():
+    model = small(prior=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 3)
+        spec = model.stft(torch.randn(2, 8000))
+        gain = model.gain(spec, torch.randint(0, 1000, (2,)))
+    assert gain.min() >= 0 and gain.max() <= 1 and gain.std() > 0.1
+
+
+def test_untrained_model_leaves_speech_alone_and_removes_stationary_noise():
+    rng = np.random.default_rng(0)
+    clean = demo_data.utterance(rng, 3.0, 16000).astype(np.float32)
+    noisy = clean + 0.3 * np.sqrt(np.mean(clean**2)) * rng.standard_normal(clean.size)
+    model = small()
+    with torch.no_grad():
+        run = lambda a: model(torch.from_numpy(a.astype(np.float32))[None, None])[0, 0].numpy()  # noqa: E731
+        assert si_sdr(run(clean), clean) > 20
+        assert si_sdr(run(noisy), clean) > si_sdr(noisy, clean) + 3
+
+
+def test_default_config_builds_the_spectral_family_and_old_configs_the_unet():
+    cfg = config.load(["configs/default.yaml"], ["data.sample_rate=16000"])
+    assert isinstance(build_model(cfg.model, 16000), SpectralMaskModel)
+    plain = config.load([], [])  # a checkpoint config from before model.family existed
+    assert type(build_model(plain.model, 16000)).__name__ == "AudioDiffusionModel"
+    with pytest.raises(config.ConfigError, match="model.family"):
+        config.load([], ["model.family=transformer"])
