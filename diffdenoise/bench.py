@@ -12,22 +12,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from diffdenoise import config, data, demo_data, shard
-from diffdenoise.checkpoint import save_best
+from diffdenoise import audio, config, data, demo_data, shard
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model, count_parameters, gflops_per_second
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(bid, figure, value, target, passed, **details) -> dict:
@@ -58,6 +53,16 @@ def make_corpus(work: Path, minutes: float, rate: int) -> Path:
     return src
 
 
+def demo_shards(work: Path) -> Path:
+    """Ten minutes of the demo corpus at 16 kHz, sharded as ``make shards`` does."""
+    out = work / "shards16" / "demo"
+    if not (out / "manifest.json").exists():
+        src = make_corpus(work, 10, 16000)
+        args = [str(src), "--name", "demo", "--out", str(out.parent), "--val-fraction", "0.1"]
+        _quiet(shard.main, [*args, "--max-seconds", "4", "--shard-mb", "2"])
+    return out
+
+
 # --- B7: sharding speed ------------------------------------------------------------------
 
 
@@ -74,7 +79,7 @@ def bench_sharding(work: Path) -> tuple[dict, Path]:
             link = src / f"copy{i}" / p.relative_to(base)
             link.parent.mkdir(parents=True, exist_ok=True)
             os.link(p, link)
-    seconds = sum(sf.info(str(p)).duration for p in src.rglob("*.wav"))
+    seconds = sum(audio.info(p).duration for p in src.rglob("*.wav"))
     times = {1: [], 2: []}
     for _ in range(3):  # interleaved; the fastest of each is the least disturbed
         for workers in (1, 2):
@@ -133,7 +138,7 @@ def bench_loader(shards: Path, consumption: dict[str, float]) -> dict:
 
 def train_consumption(name: str, steps: int = 4) -> float:
     """Audio-seconds per second a config's full train step consumes here (2 threads)."""
-    cfg = config.load([str(ROOT / "configs" / f"{name}.yaml")])
+    cfg = config.load([config.find_config(name)])
     model = build_model(cfg.model, cfg.data.sample_rate)
     loss = _loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -166,11 +171,11 @@ def bench_overhead(work: Path) -> dict:
     from accelerate import Accelerator
     from torch_ema import ExponentialMovingAverage
 
-    from diffdenoise import distrib
+    from diffdenoise.run import tracker_for
     from diffdenoise.schedule import build_scheduler
     from diffdenoise.train import TrainState, train_step
 
-    cfg = config.load([str(ROOT / "configs/default.yaml")], ["log.wandb_mode=disabled"])
+    cfg = config.load([config.find_config("default")], ["log.wandb_mode=disabled"])
     batch = {"noisy": torch.randn(4, 1, 48000) * 0.1, "t": torch.zeros(4, dtype=torch.long)}
     batch["clean"] = batch["noisy"] * 0.5
     loss_fn = _loss(cfg)
@@ -186,7 +191,7 @@ def bench_overhead(work: Path) -> dict:
     ema = ExponentialMovingAverage(acc.unwrap_model(model).parameters(), decay=0.999)
     run_dir = work / "overhead"
     run_dir.mkdir(exist_ok=True)
-    tracker = distrib.Tracker(acc, cfg, run_dir)
+    tracker = tracker_for(acc, cfg, run_dir)
     tracker.start(TrainState(), {})
     steps = {"n": 0}
 
@@ -215,41 +220,6 @@ def bench_overhead(work: Path) -> dict:
     )  # fmt: skip
 
 
-# --- B3: CPU scaling ---------------------------------------------------------------------
-
-
-def bench_scaling(work: Path, shards16: Path) -> dict:
-    """Global audio-s/s of real training runs: 2 gloo processes x 1 thread vs 1 x 1."""
-    args = [
-        "configs/default.yaml", f"data.train_shards={shards16}/train-*.tar",
-        f"data.val_shards={shards16}/val-*.tar", "data.sample_rate=16000", "data.segment=16000",
-        "data.num_workers=0", "train.batch_size=8", "train.max_epochs=0", "train.max_steps=36",
-        "train.val_every=100000", "checkpoint.every=100000", "log.every=4",
-        "log.wandb_mode=disabled", "train.mixed_precision=no", "data.val_max_samples=1",
-    ]  # fmt: skip
-    speeds = {}
-    for procs in (1, 2, 1, 2):
-        runs = work / f"scaling{procs}-{len(speeds.get(procs, []))}"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
-        if procs > 1:
-            cmd += ["--multi_gpu", "--num_machines", "1", "--main_process_port", "29731"]
-        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "launch/train.py", *args]
-        env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", WANDB_SILENT="true")
-        subprocess.run(
-            [*cmd, f"train.runs_dir={runs}"], cwd=ROOT, env=env, check=True,
-            capture_output=True, text=True,
-        )  # fmt: skip
-        lines = (next(runs.iterdir()) / "metrics.jsonl").read_text().splitlines()
-        rates = [json.loads(x)["train/audio_s_per_s"] for x in lines if "audio_s_per_s" in x]
-        speeds.setdefault(procs, []).append(statistics.median(rates[2:]))  # after warm-up
-    one, two = max(speeds[1]), max(speeds[2])
-    return row(
-        "B3", "CPU scaling: 2 processes x 1 thread (gloo DDP) vs 1 x 1, global audio-s/s",
-        f"{two / one:.2f}x", ">= 1.6x", two / one >= 1.6,
-        audio_s_per_s_1proc=round(one, 1), audio_s_per_s_2proc=round(two, 1),
-    )  # fmt: skip
-
-
 # --- B4, B6: inference speed and model cost ----------------------------------------------
 
 
@@ -266,7 +236,7 @@ def sequential_seed_loop(model, audio: np.ndarray, rate: int) -> np.ndarray:
 
 
 def bench_inference() -> dict:
-    cfg = config.load([str(ROOT / "configs/default.yaml")])
+    cfg = config.load([config.find_config("default")])
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.data.sample_rate).eval()
     rate, seconds = cfg.data.sample_rate, 60
@@ -288,7 +258,7 @@ def bench_inference() -> dict:
 
 def bench_model_costs() -> list[dict]:
     rows = []
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    for path in config.shipped_configs():
         cfg = config.load([str(path)])
         model = build_model(cfg.model, cfg.data.sample_rate).eval()
         rate = cfg.data.sample_rate
@@ -309,56 +279,6 @@ def bench_model_costs() -> list[dict]:
             )
         )
     return rows
-
-
-# --- B5: streaming memory ----------------------------------------------------------------
-
-PEAK_SCRIPT = """
-import sys
-from diffdenoise import infer
-code = infer.main(sys.argv[1:])
-# VmHWM: this process's own peak (ru_maxrss would include the parent's RSS at fork time)
-hwm = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
-print("PEAK_KB", hwm, "EXIT", code)
-"""
-
-
-def write_long_file(path: Path, seconds: int, rate: int = 48000) -> None:
-    """Noisy tones in 10 s blocks, so writing the file needs no memory either."""
-    rng = np.random.default_rng(0)
-    with sf.SoundFile(str(path), "w", rate, 1, subtype="PCM_16") as f:
-        for start in range(0, seconds, 10):
-            n = min(10, seconds - start) * rate
-            t = (np.arange(n) + start * rate) / rate
-            block = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(n)
-            f.write(block.astype(np.float32))
-
-
-def peak_rss_mb(ckpt: Path, src: Path) -> float:
-    cmd = [sys.executable, "-c", PEAK_SCRIPT, str(src), "-c", str(ckpt), "--device", "cpu"]
-    cmd += ["-o", str(src.with_name(src.stem + "_out.wav"))]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    return int(out.split("PEAK_KB")[1].split()[0]) / 1024
-
-
-def bench_memory(work: Path) -> dict:
-    cfg = config.load([str(ROOT / "configs/default.yaml")])
-    weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
-    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
-    ckpt = save_best(work, payload, keep_copies=1)
-    minute, hour = work / "minute.wav", work / "hour.wav"
-    write_long_file(minute, 60)
-    write_long_file(hour, 3600)
-    small, big = peak_rss_mb(ckpt, minute), peak_rss_mb(ckpt, hour)
-    hour.unlink()
-    growth = big / small - 1
-    return row(
-        "B5", "memory: peak RSS denoising a 1-hour 48 kHz file by streaming (MB)",
-        round(big), "< 1 GB, and within 20 % of the 1-minute file's peak",
-        big < 1024 and growth <= 0.20, peak_mb_1_minute=round(small),
-        growth=f"{growth * 100:+.1f} %",
-    )  # fmt: skip
 
 
 # --- runner ------------------------------------------------------------------------------
@@ -393,6 +313,8 @@ def table(rows: list[dict]) -> str:
 
 
 def run_cpu(work: Path, only: set[str]) -> list[dict]:
+    from diffdenoise.bench_process import bench_memory, bench_scaling
+
     torch.set_num_threads(2)
     rows = []
     want = lambda b: not only or b in only  # noqa: E731
@@ -408,10 +330,7 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
     if want("B2"):
         rows.append(bench_overhead(work))
     if want("B3"):
-        demo = ROOT / "shards" / "demo"
-        if not (demo / "manifest.json").exists():
-            subprocess.run(["make", "--no-print-directory", "shards"], cwd=ROOT, check=True)
-        rows.append(bench_scaling(work, demo))
+        rows.append(bench_scaling(work, demo_shards(work)))
     if want("B4"):
         rows.append(bench_inference())
     if want("B5"):
@@ -429,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.out is None:
         name = f"gpu-{time.strftime('%Y-%m-%d')}.json" if args.gpu else "results.json"
-        args.out = ROOT / "bench" / name
+        args.out = Path("bench") / name
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
         if args.gpu:

@@ -17,7 +17,6 @@ from diffdenoise.denoiser import Denoiser
 from diffdenoise.losses import build_loss
 from diffdenoise.model import build_model, gflops_per_second
 
-ROOT = Path(__file__).resolve().parents[1]
 # Dense peak TFLOP/s (bf16 tensor cores, fp32 without TF32) from the vendors' data sheets.
 PEAKS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L40S": (362.0, 91.6)}
 
@@ -91,7 +90,7 @@ def inference_rtf(cfg, seconds: int = 120) -> float:
 def run_gpu(work: Path) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("error: --gpu needs a CUDA GPU; none is visible here")
-    cfg = config.load([str(ROOT / "configs/default.yaml")])
+    cfg = config.load([config.find_config("default")])
     name = torch.cuda.get_device_name()
     rows = []
     for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from diffdenoise.files import atomic_path
+
 STATE_DIR = "state"
 STATE_RE = re.compile(r"^step-(\d{9})$")
 FORMAT = "diffdenoise.best/1"
@@ -25,11 +27,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(payload: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
 
 
 def save_best(run_dir: Path, payload: dict, keep_copies: int) -> Path:
@@ -39,9 +38,8 @@ def save_best(run_dir: Path, payload: dict, keep_copies: int) -> Path:
     atomic_torch_save(payload, best)
     stamp = time.strftime("%Y%m%d_%H%M%S")
     copy = run_dir / f"best_model_{stamp}.pth"
-    tmp = copy.with_name(f".{copy.name}.tmp")
-    shutil.copyfile(best, tmp)
-    os.replace(tmp, copy)
+    with atomic_path(copy) as tmp:
+        shutil.copyfile(best, tmp)
     if keep_copies > 0:
         for old in sorted(run_dir.glob("best_model_*.pth"))[:-keep_copies]:
             old.unlink()

@@ -8,12 +8,17 @@ came from, and the valid keys of its group.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from diffdenoise.metrics import METRICS
+
+SHARE_DIR = Path(sys.prefix) / "share" / "diffdenoise" / "configs"
 
 
 class ConfigError(ValueError):
@@ -212,7 +217,6 @@ RANGES = {
         ["log.media_every", "log.media_samples", "checkpoint.keep_best_copies"], AT_LEAST_0
     ),
 }
-VAL_METRICS = ("si_sdr", "pesq", "stoi")  # diffdenoise.metrics.METRICS
 
 
 def _check_keys(node: Any, schema: type, prefix: str, source: str) -> None:
@@ -302,10 +306,8 @@ def _validate(cfg: DictConfig) -> None:
                 f"'noise.weights.{name}' is not a noise type; choose from {', '.join(NOISE_TYPES)}"
             )
     for name in cfg.train.val_metrics:
-        if name not in VAL_METRICS:
-            raise ConfigError(
-                f"'train.val_metrics' has '{name}'; choose from {', '.join(VAL_METRICS)}"
-            )
+        if name not in METRICS:
+            raise ConfigError(f"'train.val_metrics' has '{name}'; choose from {', '.join(METRICS)}")
     if cfg.noise.snr_min > cfg.noise.snr_max:
         raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")
     for key in ("widths", "kernel_sizes", "strides"):
@@ -315,6 +317,31 @@ def _validate(cfg: DictConfig) -> None:
                 f"'model.{key}' has {len(values)} entries; it must be empty or have "
                 f"model.depth={cfg.model.depth}"
             )
+
+
+def config_dirs() -> list[Path]:
+    """Where the shipped configs live: ``configs/`` of a clone, else where a non-editable
+    install put them (``<prefix>/share/diffdenoise/configs``)."""
+    return [Path(__file__).resolve().parents[1] / "configs", SHARE_DIR]
+
+
+def find_config(name: str) -> Path:
+    """``default`` (or ``default.yaml``) -> the shipped ``configs/default.yaml``."""
+    stem = Path(name).stem
+    for folder in config_dirs():
+        if (folder / f"{stem}.yaml").is_file():
+            return folder / f"{stem}.yaml"
+    looked = ", ".join(str(d) for d in config_dirs())
+    raise ConfigError(f"no shipped config named '{stem}' (looked in {looked})")
+
+
+def shipped_configs() -> list[Path]:
+    """Every shipped ``*.yaml`` config, from the first folder that has any."""
+    for folder in config_dirs():
+        found = sorted(folder.glob("*.yaml"))
+        if found:
+            return found
+    return []
 
 
 def load(files: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()) -> DictConfig:

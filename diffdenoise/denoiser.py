@@ -9,16 +9,15 @@ cross-fades, and resample back. Each channel is denoised on its own.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from diffdenoise import audio, config
 from diffdenoise.checkpoint import CheckpointError, load_best
+from diffdenoise.files import atomic_path
 from diffdenoise.model import build_model
 from diffdenoise.stream import overlap_add, resample_stream, resampled_length
 
@@ -164,50 +163,18 @@ class Denoiser:
         fmt = WRITE_FORMATS.get(dst.suffix.lower())
         if fmt is None:
             raise audio.AudioError(f"cannot write '{dst.suffix}' files (use .wav, .flac or .ogg)")
-        subtype = meta.subtype if sf.check_format(fmt, meta.subtype) else None
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        try:
-            output = _open_output(tmp, dst, meta, fmt, subtype)
-            with sf.SoundFile(str(src)) as reader, output as out:
-                blocks = _read_blocks(reader, round(block_seconds * meta.samplerate))
+        subtype = meta.subtype if audio.can_write(fmt, meta.subtype) else None
+        with atomic_path(dst) as tmp:
+            output = audio.open_writer(tmp, meta.samplerate, meta.channels, fmt, subtype, dst)
+            with output as out:
+                blocks = audio.read_blocks(src, round(block_seconds * meta.samplerate))
                 for block in self.stream(blocks, meta.samplerate, meta.channels, meta.frames):
                     if out.subtype not in ("FLOAT", "DOUBLE", "VORBIS"):
                         block = np.clip(block, -1.0, 1.0)
                     out.write(block.T)
                     if on_progress:
                         on_progress(block.shape[1] / meta.samplerate)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
         return meta.frames / meta.samplerate
-
-
-def _open_output(path: Path, dst: Path, meta, fmt: str, subtype: str | None) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(
-            str(path), "w", meta.samplerate, meta.channels, subtype=subtype, format=fmt
-        )
-    except Exception as err:
-        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
-        raise audio.AudioError(f"cannot write output {dst} ({reason})") from None
-
-
-def _read_blocks(reader: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
-    """``(channels, n)`` blocks of a file; NaN or infinite samples stop with their time."""
-    position = 0
-    while True:
-        try:
-            block = reader.read(frames, dtype="float32", always_2d=True).T
-        except Exception as err:
-            raise audio.AudioError(f"unreadable or corrupt audio ({err})") from None
-        if block.shape[1] == 0:
-            return
-        bad = ~np.isfinite(block).all(axis=0)
-        if bad.any():
-            when = (position + int(np.argmax(bad))) / reader.samplerate
-            raise audio.AudioError(f"NaN or infinite samples at {when:.2f} s")
-        position += block.shape[1]
-        yield np.ascontiguousarray(block)
 
 
 def denoise_audio(model_path, noisy_audio_path, output_path, device: str | None = None) -> Path:

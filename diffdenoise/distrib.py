@@ -1,17 +1,15 @@
-"""Every distributed and rank-0 concern of training in one place.
+"""Every distributed concern of training in one place.
 
 The Accelerator, precision fallback, cross-rank agreement, saving and loading the full
-training state, the run directory, preemption signals, and the one gate for rank-0 side
-effects (W&B, ``metrics.jsonl``, media).
+training state, preemption signals, and one-line failure reports. Where a run lives and
+what rank 0 logs there is :mod:`diffdenoise.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import signal
 import statistics
 import sys
@@ -25,13 +23,7 @@ from omegaconf import OmegaConf
 
 from diffdenoise import checkpoint
 
-nullcontext = contextlib.nullcontext
-RUN_NAME_SKIP = ("train.resume", "train.run_name", "train.runs_dir")
 PREEMPTED_MARKER = "PREEMPTED"
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used, phrased for the user in one line."""
 
 
 def say(acc: Accelerator, message: str) -> None:
@@ -52,7 +44,7 @@ def resolve_precision(requested: str) -> tuple[str, str | None]:
     return requested, None
 
 
-def setup(cfg, run_dir: Path) -> tuple[Accelerator, Tracker]:
+def setup(cfg, run_dir: Path) -> Accelerator:
     precision, note = resolve_precision(cfg.train.mixed_precision)
     acc = Accelerator(
         cpu=not torch.cuda.is_available(),  # else `--multi_gpu` on CPU silently runs 1 rank
@@ -68,42 +60,7 @@ def setup(cfg, run_dir: Path) -> tuple[Accelerator, Tracker]:
     acc.print(
         f"run {run_dir}: {acc.num_processes} process(es) on {acc.device}, precision {precision}"
     )
-    return acc, Tracker(acc, cfg, run_dir)
-
-
-def derive_run_name(files: list[str], overrides: list[str]) -> str:
-    """Stable name from config names and overrides, so a rerun finds the same folder."""
-    stem = "+".join(Path(f).stem for f in files)
-    kept = [o for o in overrides if o.split("=")[0] not in RUN_NAME_SKIP]
-    name = ",".join([stem, *kept])
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
-    if len(name) > 100:
-        name = f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
-    return name
-
-
-def run_dir_for(cfg, files: list[str], overrides: list[str]) -> Path:
-    return Path(cfg.train.runs_dir) / (cfg.train.run_name or derive_run_name(files, overrides))
-
-
-def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
-    """Create ``runs/<run>``; a fresh run must not land on an earlier run's outputs."""
-    run_dir = run_dir_for(cfg, files, overrides)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(f"{run_dir}: cannot create the run directory ({err.strerror})") from None
-    if not os.access(run_dir, os.W_OK):
-        raise RunDirError(f"{run_dir}: run directory is not writable")
-    has_run = (run_dir / "best.pt").exists() or bool(checkpoint.state_dirs(run_dir))
-    if has_run and not cfg.train.resume:
-        raise RunDirError(
-            f"{run_dir} already holds a run; continue it with train.resume=auto or start "
-            "another with train.run_name=NAME"
-        )
-    if has_run and cfg.train.resume == "auto" and not checkpoint.state_dirs(run_dir):
-        raise RunDirError(f"{run_dir} has a best.pt but no training state to resume from")
-    return run_dir
+    return acc
 
 
 @contextlib.contextmanager
@@ -257,98 +214,3 @@ class PreemptionFlag:
     def _handle(self, signum, frame) -> None:
         self.raised = True
         PreemptionFlag.received = True
-
-
-class Tracker:
-    """Rank-0 logging: W&B through Accelerate's trackers, plus ``metrics.jsonl``."""
-
-    def __init__(self, acc: Accelerator, cfg, run_dir: Path):
-        self.acc, self.cfg, self.run_dir = acc, cfg, run_dir
-        self.enabled = cfg.log.wandb_mode != "disabled"
-        self.jsonl = run_dir / "metrics.jsonl"
-
-    def start(self, state, plain_cfg: dict) -> None:
-        if not self.acc.is_main_process:
-            return
-        id_file = self.run_dir / "wandb_id"
-        if not state.wandb_id:
-            state.wandb_id = id_file.read_text().strip() if id_file.exists() else _new_id()
-        id_file.write_text(state.wandb_id)
-        self._truncate(state.step)
-        if self.enabled:
-            init = {
-                "mode": self.cfg.log.wandb_mode,
-                "dir": str(self.run_dir),
-                "id": state.wandb_id,
-                "resume": "allow",
-                "name": self.run_dir.name,
-            }
-            if self.cfg.log.entity:
-                init["entity"] = self.cfg.log.entity
-            self.acc.init_trackers(
-                self.cfg.log.project, config=plain_cfg, init_kwargs={"wandb": init}
-            )
-
-    def _truncate(self, step: int) -> None:
-        """Drop lines past the resumed step, so the log matches an uninterrupted run."""
-        if not self.jsonl.exists():
-            return
-        lines = [ln for ln in self.jsonl.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        self.jsonl.write_text("".join(f"{ln}\n" for ln in kept))
-
-    def log(self, metrics: dict, step: int) -> None:
-        if not self.acc.is_main_process:
-            return
-        if self.enabled:
-            self.acc.log(metrics, step=step)
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if not sys.stderr.isatty():
-            shown = ", ".join(
-                f"{k.split('/')[-1]}={v:.4g}"
-                for k, v in metrics.items()
-                if k in ("train/total", "train/lr", "train/audio_s_per_s")
-            )
-            if shown:
-                print(f"step {step}: {shown}", flush=True)
-
-    def log_media(self, model, batches, cfg, step: int) -> None:
-        """Audio (noisy, denoised, clean) and a spectrogram image for a few val samples."""
-        if not (self.enabled and self.acc.is_main_process):
-            return
-        import wandb
-
-        from diffdenoise.plots import spectrogram_figure
-
-        batch = next(iter(batches), None)
-        if batch is None:
-            return
-        n = min(cfg.log.media_samples, batch["noisy"].shape[0])
-        model.eval()
-        with torch.no_grad():
-            out = model(batch["noisy"][:n].to(self.acc.device), batch["t"][:n].to(self.acc.device))
-        model.train()
-        rate, media = cfg.data.sample_rate, {}
-        for i in range(n):
-            trio = {
-                "noisy": batch["noisy"][i, 0],
-                "denoised": out[i, 0].float().cpu(),
-                "clean": batch["clean"][i, 0],
-            }
-            for name, wave in trio.items():
-                media[f"media/{i}/{name}"] = wandb.Audio(wave.numpy(), sample_rate=rate)
-            fig = spectrogram_figure({k: v.numpy() for k, v in trio.items()}, rate)
-            media[f"media/{i}/spectrogram"] = wandb.Image(fig)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-        self.acc.log(media, step=step)
-
-    def finish(self) -> None:
-        # also destroys the process group: gloo aborts at exit (SIGABRT) if it is left alive
-        self.acc.end_training()
-
-
-def _new_id() -> str:
-    return hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]

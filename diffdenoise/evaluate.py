@@ -25,11 +25,11 @@ from tqdm import tqdm
 from diffdenoise import audio, noise
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
-from diffdenoise.data import AUDIO_EXTS, DataError, expand_urls
+from diffdenoise.data import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser
+from diffdenoise.files import atomic_path
 from diffdenoise.metrics import METRICS, score
 from diffdenoise.progress import progress
-from diffdenoise.shard import find_partner, walk
 
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
@@ -94,13 +94,13 @@ def shard_items(pattern: str, snrs, noise_files, limit: int = 0) -> Iterator[Ite
     for index, sample in enumerate(samples):
         if limit and index >= limit:
             return
-        ext = next((e for e in AUDIO_EXTS if e in sample), None)
-        if ext is None:
+        data, noisy = audio.member(sample), audio.member(sample, "noisy.")
+        if data is None:
             continue
-        clean, rate = audio.decode(sample[ext])
+        clean, rate = audio.decode(data)
         key = sample["__key__"]
-        if f"noisy.{ext}" in sample:
-            yield paired(key, clean, audio.decode(sample[f"noisy.{ext}"])[0], rate)
+        if noisy is not None:
+            yield paired(key, clean, audio.decode(noisy)[0], rate)
         else:
             yield from mixed(key, clean, rate, snrs, noise_files)
 
@@ -109,7 +109,7 @@ def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
     """Items from a clean folder, paired with ``noisy_dir`` by name, or mixed."""
     if not clean_dir.is_dir():
         raise EvalError(f"--clean-dir {clean_dir}: not a folder")
-    files, _ = walk(clean_dir)
+    files, _ = audio.walk(clean_dir)
     if not files:
         raise EvalError(f"--clean-dir {clean_dir}: no audio files")
     for rel in files[: limit or None]:
@@ -118,7 +118,7 @@ def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
         if noisy_dir is None:
             yield from mixed(rel, clean, rate, snrs, noise_files)
             continue
-        partner = find_partner(rel, noisy_dir)
+        partner = audio.find_partner(rel, noisy_dir)
         if partner is None:
             print(f"warning: {clean_dir / rel}: no noisy partner in {noisy_dir}", file=sys.stderr)
             continue
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         snrs = parse_snrs(args.snr)
         out = json_path(args)
         noise_files = (
-            [args.noise_dir / f for f in walk(args.noise_dir)[0]] if args.noise_dir else []
+            [args.noise_dir / f for f in audio.walk(args.noise_dir)[0]] if args.noise_dir else []
         )
         systems = build_systems(args)
         if args.shards:
@@ -290,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     print(markdown(summary))
     report = {"checkpoints": args.checkpoint, "snrs": snrs, "summary": summary, "items": rows}
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
     print(f"every number: {out}")
     return 0
 

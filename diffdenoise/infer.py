@@ -110,8 +110,8 @@ def write_plot(src: Path, dst: Path) -> Path:
     """Spectrograms of the input and output (first minute, channels averaged)."""
     from diffdenoise.plots import spectrogram_figure
 
-    x, rate = _head(src)
-    y, _ = _head(dst)
+    x, rate = audio.read_head(src, PLOT_SECONDS)
+    y, _ = audio.read_head(dst, PLOT_SECONDS)
     n_fft = 2 ** round(np.log2(rate * 0.032))
     fig = spectrogram_figure({f"input: {src.name}": x, f"denoised: {dst.name}": y}, rate, n_fft)
     png = dst.with_suffix(".png")
@@ -120,14 +120,6 @@ def write_plot(src: Path, dst: Path) -> Path:
 
     plt.close(fig)
     return png
-
-
-def _head(path: Path) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
-    with sf.SoundFile(str(path)) as f:
-        data = f.read(int(PLOT_SECONDS * f.samplerate), dtype="float32", always_2d=True)
-        return data.mean(axis=1), f.samplerate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,7 +30,6 @@ from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model
 from diffdenoise.quality_data import QualityData, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 QUALITY_SEED = 20261127
 RTF_TARGET = 0.05
@@ -40,7 +39,7 @@ CORPUS_WEIGHT = 3.0  # recorded noise drawn 3x as often as each recipe's synthet
 def recipe_files(recipe: str) -> tuple[str, list[str]]:
     """``default`` -> ``configs/default.yaml``; ``NAME=A.yaml+B.yaml`` layers its own files."""
     name, _, files = recipe.partition("=")
-    return name, files.split("+") if files else [f"configs/{name}.yaml"]
+    return name, files.split("+") if files else [str(config.find_config(name))]
 
 
 def train(recipes: list[str], minutes: float, qd: QualityData, runs: Path) -> dict[str, Path]:
@@ -49,7 +48,7 @@ def train(recipes: list[str], minutes: float, qd: QualityData, runs: Path) -> di
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for recipe in recipes:
         recipe, files = recipe_files(recipe)
-        files = [str((ROOT / f).resolve()) for f in files]
+        files = [str(Path(f).resolve()) for f in files]
         cfg = config.load(files)  # each recipe keeps its crop length in seconds
         segment = round(cfg.data.segment / cfg.data.sample_rate * qd.rate)
         run = runs / f"quality-{recipe}"
@@ -69,7 +68,7 @@ def train(recipes: list[str], minutes: float, qd: QualityData, runs: Path) -> di
         log = open(runs / f"quality-{recipe}.log", "w")
         print(f"training {recipe} for {minutes:g} minutes (1 thread) -> {run}", flush=True)
         procs[recipe] = subprocess.Popen(
-            [sys.executable, "launch/train.py", *args], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "diffdenoise.train", *args], env=env, stdout=log, stderr=log
         )
         folders[recipe] = run
     for recipe, proc in procs.items():
@@ -102,7 +101,7 @@ def test_items(qd: QualityData) -> list[evaluate.Item]:
 
 def rtf_at_48k(files: list[str], seconds: float = 10.0) -> float:
     """Inference real-time factor of the recipe in ``files`` at 48 kHz on this CPU."""
-    cfg = config.load([ROOT / f for f in files], ["data.sample_rate=48000"])
+    cfg = config.load(files, ["data.sample_rate=48000"])
     model = build_model(cfg.model, 48000)
     denoiser = Denoiser(model, 48000, segment=cfg.data.segment / 48000)
     x = np.random.default_rng(0).standard_normal(int(48000 * seconds)).astype(np.float32)
@@ -204,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--minutes", type=float, default=25.0, help="training budget per recipe")
     p.add_argument("--rate", type=int, default=16000, help="sample rate of the comparison")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality-data")
-    p.add_argument("--runs", type=Path, default=ROOT / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "bench")
+    p.add_argument("--work", type=Path, default=Path("runs") / "quality-data")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--skip-training", action="store_true", help="score the existing runs")
     args = p.parse_args(argv)
     started = time.time()

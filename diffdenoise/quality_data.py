@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from diffdenoise import audio
-from diffdenoise.shard import walk
 
 TEST_FRACTION = 0.15
 TRAIN_SHARE = 0.8
@@ -43,7 +42,7 @@ def is_test(rel: str) -> bool:
 
 def split_speech(clean_dir: Path) -> tuple[list[str], list[str]]:
     """Relative paths of ``(train, test)`` speech files; at least one of each."""
-    files, _ = walk(clean_dir)
+    files, _ = audio.walk(clean_dir)
     if len(files) < 2:
         raise SystemExit(f"error: {clean_dir}: the quality loop needs at least 2 audio files")
     test = [f for f in files if is_test(f)] or files[-1:]
@@ -52,7 +51,7 @@ def split_speech(clean_dir: Path) -> tuple[list[str], list[str]]:
 
 def noise_parts(noise_dir: Path, rate: int, holdout: str) -> tuple[dict, dict, str]:
     """``(train, test, holdout)``: name -> ``(time,)`` noise at ``rate`` for each part."""
-    files, _ = walk(noise_dir)
+    files, _ = audio.walk(noise_dir)
     if not files:
         raise SystemExit(f"error: {noise_dir}: no noise audio files")
     names = {Path(f).stem: f for f in files}

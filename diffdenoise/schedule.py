@@ -61,3 +61,9 @@ def build_scheduler(
     """``LambdaLR`` over the optimizer's peak lr; ``scheduler.lr_lambdas[0]`` is the curve."""
     curve = WarmupOneCycle(total_steps, warmup_pct, pct_start, div_factor, final_div_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)
+
+
+def set_total_steps(scheduler, total_steps: int) -> None:
+    """Stretch the curve to ``total_steps`` (a time budget learns its length after a few
+    steps; a resumed run takes the length its config now gives)."""
+    scheduler.lr_lambdas[0].total = max(int(total_steps), 1)

@@ -31,10 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from diffdenoise import audio
+from diffdenoise.manifest import MANIFEST, merge, sha256_of, verify_main, write_json_atomic
 from diffdenoise.progress import progress
 
 SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -61,45 +61,6 @@ def split_of(rel: str, val_fraction: float) -> str:
     """Deterministic split by a hash of the relative path, so chunks never straddle it."""
     u = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) / 2**32
     return "val" if u < val_fraction else "train"
-
-
-def walk(root: Path) -> tuple[list[str], list[dict]]:
-    """Sorted relative paths of audio files, and skips for unreadable folders/other files.
-
-    Symlinked folders are followed; one that leads back into a folder already walked (a
-    loop, or a second link to the same place) is listed as skipped.
-    """
-    files, skipped = [], []
-    seen = {os.path.realpath(root)}
-
-    def on_error(err: OSError) -> None:
-        skipped.append({"path": err.filename, "reason": f"unreadable folder ({err.strerror})"})
-
-    for dirpath, dirnames, names in os.walk(root, onerror=on_error, followlinks=True):
-        for name in list(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, name))
-            if real in seen:
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                skipped.append({"path": rel, "reason": "symlinked folder already walked (loop)"})
-                dirnames.remove(name)
-            seen.add(real)
-        dirnames.sort()
-        for name in names:
-            rel = os.path.relpath(os.path.join(dirpath, name), root)
-            if name.lower().endswith(audio.AUDIO_EXTENSIONS):
-                files.append(rel)
-            else:
-                skipped.append({"path": rel, "reason": "not an audio file extension"})
-    return sorted(files), skipped
-
-
-def find_partner(rel: str, noisy_root: Path) -> Path | None:
-    """The noisy file for a clean ``rel``: the original's ``noisy_<name>`` or the same path."""
-    head, name = os.path.split(rel)
-    for candidate in (os.path.join(head, f"noisy_{name}"), rel):
-        if (noisy_root / candidate).is_file():
-            return noisy_root / candidate
-    return None
 
 
 def load_mono(path: Path, rate: int) -> tuple[np.ndarray, int, int]:
@@ -159,7 +120,7 @@ def process(job: tuple[str, Path, Path | None, Options, str]) -> FileResult:
 
 
 def _load_partner(rel: str, noisy_root: Path, rate: int, length: int, target: int) -> np.ndarray:
-    path = find_partner(rel, noisy_root)
+    path = audio.find_partner(rel, noisy_root)
     if path is None:
         raise audio.AudioError(f"no noisy partner (noisy_<name> or same path) in {noisy_root}")
     noisy, noisy_rate, _ = load_mono(path, target)
@@ -207,7 +168,7 @@ class ShardSink:
         os.fsync(self.fileobj.fileno())
         self.fileobj.close()
         self.current["seconds"] = round(self.current["seconds"], 6)
-        self.current["sha256"] = _sha256(self.tmp)
+        self.current["sha256"] = sha256_of(self.tmp)
         self.current["bytes"] = self.tmp.stat().st_size
         os.replace(self.tmp, self.out / self.current["file"])
         self.shards.append(self.current)
@@ -222,20 +183,6 @@ class _BytesReader:
         end = len(self.data) if n < 0 else self.pos + n
         chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
         return chunk
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _init_worker() -> None:
@@ -255,7 +202,7 @@ def pack(args: argparse.Namespace) -> dict:
     part, parts = _parse_part(args.part)
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
-    files, skipped = walk(root)
+    files, skipped = audio.walk(root)
     if noisy_root is not None:
         files = [f for f in files if not os.path.basename(f).startswith("noisy_")]
     files = files[part * len(files) // parts : (part + 1) * len(files) // parts]
@@ -349,70 +296,6 @@ def _remove_stale(out: Path, tag: str, manifest: dict) -> None:
             tmp.unlink()
 
 
-def merge(out: Path) -> dict:
-    """Combine ``manifest.part-*.json`` into one ``manifest.json``."""
-    parts = sorted(out.glob("manifest.part-*.json"))
-    if not parts:
-        raise SystemExit(f"error: {out}: no manifest.part-*.json to merge")
-    loaded = [json.loads(p.read_text()) for p in parts]
-    expected = int(loaded[0]["part"].split("/")[1])
-    if len(loaded) != expected:
-        raise SystemExit(f"error: {out}: found {len(loaded)} of {expected} part manifests")
-    merged = {k: loaded[0][k] for k in ("name", "kind", "sample_rate", "format")}
-    merged["files"] = sum(m["files"] for m in loaded)
-    merged["skipped"] = [s for m in loaded for s in m["skipped"]]
-    merged["splits"] = {}
-    for split in ("train", "val"):
-        shards = [s for m in loaded for s in m["splits"][split]["shards"]]
-        merged["splits"][split] = {
-            "samples": sum(s["samples"] for s in shards),
-            "seconds": round(sum(s["seconds"] for s in shards), 3),
-            "shards": shards,
-        }
-    merged["part"] = f"merged {expected}"
-    merged["command"] = [m["command"] for m in loaded] + [
-        f"python -m diffdenoise.shard merge {out}"
-    ]
-    write_json_atomic(out / MANIFEST, merged)
-    return merged
-
-
-def verify(out: Path) -> list[str]:
-    """Every shard the manifest lists, checked for presence, size and sha256: the problems."""
-    path = out / MANIFEST
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: manifest missing; nothing to verify")
-    try:
-        manifest = json.loads(path.read_text())
-        shards = [s for split in manifest["splits"].values() for s in split["shards"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise SystemExit(f"error: {path}: not a shard manifest ({err})") from None
-    problems = []
-    for entry in shards:
-        tar = out / entry["file"]
-        if not tar.is_file():
-            problems.append(f"{tar}: missing")
-        elif tar.stat().st_size != entry["bytes"]:
-            problems.append(
-                f"{tar}: {tar.stat().st_size} bytes, the manifest says {entry['bytes']}"
-            )
-        elif _sha256(tar) != entry["sha256"]:
-            problems.append(f"{tar}: sha256 differs from the manifest (changed after sharding)")
-    return problems
-
-
-def _verify_main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m diffdenoise.shard verify SHARD_DIR")
-    problems = verify(Path(argv[0]))
-    for line in problems:
-        print(line, file=sys.stderr)
-    manifest = json.loads((Path(argv[0]) / MANIFEST).read_text())
-    total = sum(len(split["shards"]) for split in manifest["splits"].values())
-    print(f"{argv[0]}: {total - len(problems)} of {total} shards intact")
-    return 1 if problems else 0
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m diffdenoise.shard",
@@ -442,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["verify"]:
-            return _verify_main(argv[1:])
+            return verify_main(argv[1:])
         if argv[:1] == ["merge"]:
             if len(argv) != 2:
                 raise SystemExit("usage: python -m diffdenoise.shard merge SHARD_DIR")

@@ -3,7 +3,8 @@
     accelerate launch launch/train.py configs/default.yaml train.batch_size=16
     python launch/train.py configs/tiny.yaml            # one process: GPU if any, else CPU
 
-Distributed concerns live in :mod:`diffdenoise.distrib`; everything else is here.
+Distributed concerns live in :mod:`diffdenoise.distrib`, the run folder and its logs in
+:mod:`diffdenoise.run`; the loop and what it calls are here.
 """
 
 from __future__ import annotations
@@ -11,19 +12,23 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from omegaconf import OmegaConf
 from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
-from diffdenoise import __version__, checkpoint, config, data, distrib
+from diffdenoise import checkpoint, config, data, distrib
 from diffdenoise.losses import build_loss
-from diffdenoise.metrics import score
 from diffdenoise.model import build_model
-from diffdenoise.schedule import build_scheduler
+from diffdenoise.run import RunDirError, Tracker, prepare_run_dir, run_dir_for, tracker_for
+from diffdenoise.schedule import build_scheduler, set_total_steps
+from diffdenoise.validation import run_validation
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: state saved, run again with train.resume=auto
 WARMUP_PROBE_STEPS = 5  # steps timed to size a wall-clock-budgeted schedule
@@ -133,7 +138,7 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float):
     parts_sum: dict[str, float] = {}
     for i, batch in enumerate(batches):
         noisy, clean, t = (batch[k].to(acc.device) for k in ("noisy", "clean", "t"))
-        sync = acc.no_sync(model) if i < len(batches) - 1 else distrib.nullcontext()
+        sync = acc.no_sync(model) if i < len(batches) - 1 else nullcontext()
         with sync, acc.autocast():
             total, parts = loss_fn(model(noisy, t), clean)
             acc.backward(total / len(batches))
@@ -149,71 +154,50 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float):
     return parts_sum, grad_norm, stepped
 
 
-@torch.no_grad()
-def evaluate(model, loss_fn, batches, acc, metrics=(), rate: int = 16000) -> dict[str, float]:
-    """Exact validation: per-sample sums all-reduced over ranks, then divided by the count.
+@dataclass
+class Run:
+    """The objects one training run holds, built once by :func:`build_run`."""
 
-    ``metrics`` (``si_sdr``, ``pesq``, ``stoi``) are averaged over the samples where they
-    are defined: PESQ refuses silent crops, and those are left out of its mean.
-    """
-    model.eval()
-    # the names are fixed by the loss, so a rank with no samples still joins the reduce
-    _, probe = loss_fn(
-        torch.zeros(1, 1, 64, device=acc.device), torch.zeros(1, 1, 64, device=acc.device)
-    )
-    names = sorted([*probe, *metrics])
-    sums = torch.zeros(len(names), dtype=torch.float64)
-    counts = torch.zeros(len(names), dtype=torch.float64)
-    for batch in batches:
-        noisy, clean, t = (batch[k].to(acc.device) for k in ("noisy", "clean", "t"))
-        with acc.autocast():
-            estimate = model(noisy, t).float()
-        for i in range(estimate.shape[0]):
-            _, parts = loss_fn(estimate[i : i + 1], clean[i : i + 1])
-            values = {k: v.item() for k, v in parts.items()}
-            if metrics:
-                est, ref = estimate[i, 0].cpu().numpy(), clean[i, 0].cpu().numpy()
-                values.update(score(est, ref, rate, metrics))
-            for j, name in enumerate(names):
-                if math.isfinite(values[name]) or name in parts:
-                    sums[j] += values[name]
-                    counts[j] += 1
-    model.train()
-    totals = acc.reduce(torch.cat([sums, counts]).to(acc.device), reduction="sum").cpu()
-    sums, counts = totals[: len(names)], totals[len(names) :]
-    result = {
-        k: sums[j].item() / counts[j].item() if counts[j] else float("nan")
-        for j, k in enumerate(names)
-    }
-    result["samples"] = counts[names.index("total")].item()
-    return result
+    acc: Accelerator
+    model: torch.nn.Module  # prepared (DDP, maybe compiled): what train steps call
+    net: torch.nn.Module  # the unwrapped model: EMA, validation, export
+    ema: ExponentialMovingAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: torch.nn.Module
+    tracker: Tracker
+    run_dir: Path
+    state: TrainState
+    plain_cfg: dict  # the resolved config, as saved in best.pt
+
+    def ema_weights(self):
+        """Context in which ``net`` holds the EMA weights (when EMA is on)."""
+        return self.ema.average_parameters() if self.ema is not None else nullcontext()
 
 
-def best_payload(cfg, model, ema, optimizer, scheduler, state, epoch, val) -> dict:
-    raw = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ema_weights = raw
-    if ema is not None:
-        with ema.average_parameters():
-            ema_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {
-        "model": raw,
-        "ema_model": ema_weights,
-        "ema": ema.state_dict() if ema is not None else {},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": state.step,
-        "val_loss": val["total"],
-        "val": val,
-        "config": config.to_plain(cfg),
-        "version": __version__,
-    }
+class LogWindow:
+    """What happened since the last log line: loss parts, steps, skipped samples, time."""
+
+    def __init__(self):
+        self.parts, self.steps, self.bad, self.start = {}, 0, 0, time.time()
+
+    def add(self, parts: dict, bad_samples: int) -> None:
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v
+        self.steps += 1
+        self.bad += bad_samples
+
+    def metrics(self, samples_per_step: float, seconds_per_step: float) -> dict:
+        """Mean loss parts and throughput over the window (samples and audio-seconds)."""
+        dt = max(time.time() - self.start, 1e-9)
+        metrics = {f"train/{k}": v / self.steps for k, v in self.parts.items()}
+        metrics["train/samples_per_s"] = self.steps * samples_per_step / dt
+        metrics["train/audio_s_per_s"] = self.steps * seconds_per_step / dt
+        return metrics
 
 
-def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
-    """Train until a limit or a preemption; returns the process exit code."""
-    acc, tracker = distrib.setup(cfg, run_dir)
-    rank, world = acc.process_index, acc.num_processes
+def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
+    """Model, loss, optimizer, schedule and EMA, prepared and registered for saving."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.data.sample_rate)
     loss_fn = build_loss(cfg.loss).to(acc.device)
@@ -223,10 +207,6 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         weight_decay=cfg.optim.weight_decay,
     )
-    train_batches, val_batches, per_epoch, stats = build_data(cfg, rank, world)
-    expected_val = stats["val_samples"]
-    if cfg.data.val_max_samples:
-        expected_val = min(expected_val, cfg.data.val_max_samples)
     state = TrainState(total_steps=planned_steps(cfg, per_epoch))
     scheduler = build_scheduler(optimizer, state.total_steps or 10**6, **cfg.schedule)
     model, optimizer = acc.prepare(model, optimizer)
@@ -238,106 +218,96 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     acc.register_for_checkpointing(scheduler, state)
     if cfg.train.compile:
         model = torch.compile(model)
-    if cfg.train.resume == "auto":
-        resume_from = distrib.load_newest_intact(acc, run_dir)
+    tracker = tracker_for(acc, cfg, run_dir)
+    plain = config.to_plain(cfg)
+    return Run(acc, model, net, ema, optimizer, scheduler, loss_fn, tracker, run_dir, state, plain)
+
+
+def resume(run: Run, resume: str, resume_from: Path | None, planned: int) -> None:
+    """Load the state to resume from (``auto``: the newest intact one), if any."""
+    if resume == "auto":
+        resume_from = distrib.load_newest_intact(run.acc, run.run_dir)
     elif resume_from is not None:
-        distrib.load_state(acc, resume_from, run_dir)
+        distrib.load_state(run.acc, resume_from, run.run_dir)
     if resume_from is not None:
-        distrib.say(acc, f"resumed from {resume_from} at step {state.step}")
-        state.total_steps = planned_steps(cfg, per_epoch) or state.total_steps  # config wins
-    scheduler.lr_lambdas[0].total = max(state.total_steps, 1)
-    tracker.start(state, config.to_plain(cfg))
-    signals = distrib.PreemptionFlag()
-    audio_per_batch = cfg.train.batch_size * cfg.data.segment / cfg.data.sample_rate * world
-    ga = cfg.train.grad_accum
-    batches = train_batches(state.step * ga)
-    bar = tqdm(
-        total=state.total_steps or None,
-        initial=state.step,
-        disable=not distrib.show_bar(acc),
-        desc=run_dir.name,
-        dynamic_ncols=True,
+        distrib.say(run.acc, f"resumed from {resume_from} at step {run.state.step}")
+        run.state.total_steps = planned or run.state.total_steps  # the config wins
+    set_total_steps(run.scheduler, run.state.total_steps)
+
+
+def count_step(run: Run, stepped: bool, max_bad_steps: int) -> None:
+    """EMA after a real step; skipped (non-finite) steps counted, and too many stop it."""
+    state = run.state
+    if stepped:
+        state.bad_in_row = 0
+        if run.ema is not None:
+            run.ema.update()
+        return
+    state.bad_in_row += 1
+    state.bad_total += 1
+    distrib.say(run.acc, f"step {state.step}: non-finite loss or gradient, step skipped")
+    if state.bad_in_row >= max_bad_steps:
+        raise TrainingError(
+            f"{state.bad_in_row} non-finite steps in a row (train.max_bad_steps); "
+            "lower optim.lr or check the data"
+        )
+
+
+def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
+    """Train until a limit or a preemption; returns the process exit code."""
+    acc = distrib.setup(cfg, run_dir)
+    world, ga = acc.num_processes, cfg.train.grad_accum
+    train_batches, val_batches, per_epoch, stats = build_data(cfg, acc.process_index, world)
+    run = build_run(cfg, acc, run_dir, per_epoch)
+    state = run.state
+    resume(run, cfg.train.resume, resume_from, planned_steps(cfg, per_epoch))
+    run.tracker.start(state, run.plain_cfg)
+    validate = partial(
+        run_validation,
+        run,
+        val_batches,
+        expected=min(stats["val_samples"], cfg.data.val_max_samples or stats["val_samples"]),
+        metrics=tuple(cfg.train.val_metrics),
+        media_every=cfg.log.media_every,
+        keep_best_copies=cfg.checkpoint.keep_best_copies,
     )
-    start, window_start, window_steps, window, window_bad = time.time(), time.time(), 0, {}, 0
-    base_elapsed, step_times = state.elapsed, []
+    signals = distrib.PreemptionFlag()
+    samples_per_step = cfg.train.batch_size * world * ga
+    seconds_per_step = samples_per_step * cfg.data.segment / cfg.data.sample_rate
+    batches = train_batches(state.step * ga)
+    bar = progress_bar(acc, state, run_dir.name)
+    start, base_elapsed, step_times, window = time.time(), state.elapsed, [], LogWindow()
     exit_code = 0
-    model.train()
+    run.model.train()
     while True:
         t0 = time.time()
         micro = [next(batches) for _ in range(ga)]
-        window_bad += sum(b.get("bad_samples", 0) for b in micro)
         parts, grad_norm, stepped = train_step(
-            model, loss_fn, optimizer, micro, acc, cfg.optim.max_grad_norm
+            run.model, run.loss_fn, run.optimizer, micro, acc, cfg.optim.max_grad_norm
         )
         state.step += 1
         state.elapsed = base_elapsed + time.time() - start
-        if stepped:
-            state.bad_in_row = 0
-            if ema is not None:
-                ema.update()
-        else:
-            state.bad_in_row += 1
-            state.bad_total += 1
-            distrib.say(acc, f"step {state.step}: non-finite loss or gradient, step skipped")
-            if state.bad_in_row >= cfg.train.max_bad_steps:
-                raise TrainingError(
-                    f"{state.bad_in_row} non-finite steps in a row (train.max_bad_steps); "
-                    "lower optim.lr or check the data"
-                )
-        scheduler.step()
+        count_step(run, stepped, cfg.train.max_bad_steps)
+        run.scheduler.step()
         step_times.append(time.time() - t0)
         if not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1:
             state.total_steps = distrib.budget_steps(
                 acc, cfg.train.max_minutes, state, step_times[1:]
             )
-            scheduler.lr_lambdas[0].total = state.total_steps
+            set_total_steps(run.scheduler, state.total_steps)
             bar.total = state.total_steps
-        for k, v in parts.items():
-            window[k] = window.get(k, 0.0) + v
-        window_steps += 1
+        window.add(parts, sum(b.get("bad_samples", 0) for b in micro))
         bar.update()
         if state.step % cfg.log.every == 0:  # the same step on every rank: a collective is safe
-            state.bad_samples += distrib.sum_over_ranks(acc, window_bad)
-            window_bad = 0
-            dt = max(time.time() - window_start, 1e-9)
-            metrics = {f"train/{k}": v / window_steps for k, v in window.items()}
-            metrics.update(
-                {
-                    "train/lr": scheduler.get_last_lr()[0],
-                    "train/grad_norm": grad_norm,
-                    "train/skipped_steps": state.bad_total,
-                    "train/bad_samples": state.bad_samples,
-                    "train/samples_per_s": window_steps * ga * cfg.train.batch_size * world / dt,
-                    "train/audio_s_per_s": window_steps * ga * audio_per_batch / dt,
-                    "epoch": state.step * ga / per_epoch,
-                }
+            log_window(
+                run, window, grad_norm, samples_per_step, seconds_per_step, bar, per_epoch, ga
             )
-            tracker.log(metrics, state.step)
-            bar.set_postfix(
-                loss=f"{metrics['train/total']:.3f}",
-                lr=f"{metrics['train/lr']:.2e}",
-                audio_s=f"{metrics['train/audio_s_per_s']:.0f}/s",
-            )
-            window_start, window_steps, window = time.time(), 0, {}
+            window = LogWindow()
         time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
         done = (state.total_steps and state.step >= state.total_steps) or time_up
         preempted, done = distrib.any_rank(acc, signals.raised, bool(done))
         if state.step % cfg.train.val_every == 0 or done or preempted:
-            run_validation(
-                cfg,
-                acc,
-                net,
-                ema,
-                loss_fn,
-                optimizer,
-                scheduler,
-                state,
-                val_batches,
-                tracker,
-                run_dir,
-                state.step * ga // per_epoch,
-                expected_val,
-            )
+            validate(epoch=state.step * ga // per_epoch)
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
             distrib.save_state(acc, run_dir, state.step, cfg.checkpoint.keep_last)
         if preempted:
@@ -350,66 +320,53 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         if done:
             break
     bar.close()
-    distrib.check_in_sync(acc, net)
+    distrib.check_in_sync(acc, run.net)
     acc.wait_for_everyone()
     distrib.say(
         acc,
         f"finished at step {state.step} in {time.time() - start:.0f} s; best validation loss "
         f"{state.best_val:.4f}; outputs in {run_dir}",
     )
-    tracker.finish()  # may end the process group: nothing collective after this
+    run.tracker.finish()  # may end the process group: nothing collective after this
     return exit_code
 
 
-def run_validation(
-    cfg,
-    acc,
-    net,
-    ema,
-    loss_fn,
-    optimizer,
-    scheduler,
-    state,
-    val_batches,
-    tracker,
-    run_dir,
-    epoch,
-    expected_samples: int,
-) -> None:
-    """Validate (EMA weights when on), log, and let rank 0 keep the best model."""
-
-    def ctx():
-        return ema.average_parameters() if ema is not None else distrib.nullcontext()
-
-    with ctx():
-        val = evaluate(
-            net, loss_fn, val_batches(), acc, tuple(cfg.train.val_metrics), cfg.data.sample_rate
-        )
-    state.validations += 1
-    tracker.log({f"val/{k}": v for k, v in val.items()}, state.step)
-    if state.validations % cfg.log.media_every == 1 or cfg.log.media_every == 1:
-        with ctx():
-            tracker.log_media(net, val_batches(), cfg, state.step)
-    distrib.say(
-        acc,
-        f"step {state.step}: validation loss {val['total']:.4f} ({int(val['samples'])} samples)",
+def progress_bar(acc: Accelerator, state: TrainState, name: str) -> tqdm:
+    """A step bar on a terminal (main process only); the tracker prints lines elsewhere."""
+    return tqdm(
+        total=state.total_steps or None,
+        initial=state.step,
+        disable=not distrib.show_bar(acc),
+        desc=name,
+        dynamic_ncols=True,
     )
-    if int(val["samples"]) != expected_samples and acc.is_main_process:
-        print(
-            f"warning: validation read {int(val['samples'])} of the {expected_samples} samples "
-            f"the manifest lists for {cfg.data.val_shards}: a val shard is damaged or changed",
-            file=sys.stderr,
-        )
-    if val["total"] < state.best_val:
-        state.best_val = val["total"]
-        if acc.is_main_process:
-            payload = best_payload(cfg, net, ema, optimizer, scheduler, state, epoch, val)
-            checkpoint.save_best(run_dir, payload, cfg.checkpoint.keep_best_copies)
-    acc.wait_for_everyone()
+
+
+def log_window(run, window, grad_norm, samples_per_step, seconds_per_step, bar, per_epoch, ga):
+    """Log the window's means, lr, grad norm, counters and throughput (a collective)."""
+    state = run.state
+    state.bad_samples += distrib.sum_over_ranks(run.acc, window.bad)
+    metrics = window.metrics(samples_per_step, seconds_per_step)
+    metrics.update(
+        {
+            "train/lr": run.scheduler.get_last_lr()[0],
+            "train/grad_norm": grad_norm,
+            "train/skipped_steps": state.bad_total,
+            "train/bad_samples": state.bad_samples,
+            "epoch": state.step * ga / per_epoch,
+        }
+    )
+    run.tracker.log(metrics, state.step)
+    bar.set_postfix(
+        loss=f"{metrics['train/total']:.3f}",
+        lr=f"{metrics['train/lr']:.2e}",
+        audio_s=f"{metrics['train/audio_s_per_s']:.0f}/s",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``launch/train.py [--print-run-dir] CONFIG.yaml [CONFIG.yaml ...] [key=value ...]``.
+    """``launch/train.py [--print-run-dir] CONFIG.yaml [CONFIG.yaml ...] [key=value ...]``
+    (also ``python -m diffdenoise.train``, which needs no clone).
 
     ``--print-run-dir`` prints the run folder the same arguments would train in and exits,
     so job scripts can find its log and ``PREEMPTED`` marker.
@@ -425,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.load(files, overrides)
         if print_run_dir:
-            print(distrib.run_dir_for(cfg, files, overrides))
+            print(run_dir_for(cfg, files, overrides))
             return 0
-        run_dir = distrib.prepare_run_dir(cfg, files, overrides)
+        run_dir = prepare_run_dir(cfg, files, overrides)
         resume_from = checkpoint.resolve_resume(run_dir, cfg.train.resume)
         with distrib.one_line_rank_failure(run_dir, argv):
             return train(cfg, run_dir, resume_from)
@@ -436,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         data.DataError,
         checkpoint.CheckpointError,
         TrainingError,
-        distrib.RunDirError,
+        RunDirError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import bench, config, quality
+from diffdenoise import bench, bench_process, config, quality
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model
 
@@ -37,7 +37,7 @@ def test_bench_cli_writes_results(tmp_path):
 def test_long_file_is_written_in_blocks(tmp_path):
     import soundfile as sf
 
-    bench.write_long_file(tmp_path / "a.wav", 25, rate=8000)
+    bench_process.write_long_file(tmp_path / "a.wav", 25, rate=8000)
     info = sf.info(str(tmp_path / "a.wav"))
     assert info.frames == 25 * 8000 and info.subtype == "PCM_16"
 

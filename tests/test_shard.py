@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import shard
+from diffdenoise import audio, shard
 from tests.helpers import make_corpus, write_speech
 
 
@@ -250,7 +250,7 @@ def test_symlinked_folders_are_followed_and_loops_listed(tmp_path):
     elsewhere = make_corpus(tmp_path / "more", n=2)
     (src / "linked").symlink_to(elsewhere, target_is_directory=True)
     (src / "d0" / "loop").symlink_to(src, target_is_directory=True)
-    files, skipped = shard.walk(src)
+    files, skipped = audio.walk(src)
     assert [f for f in files if f.startswith("linked/")] == [
         "linked/d0/utt0.wav",
         "linked/d1/utt1.wav",
