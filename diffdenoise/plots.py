@@ -40,17 +40,21 @@ def spectrogram_figure(signals: dict[str, np.ndarray], rate: int, n_fft: int = 5
     return fig
 
 
-def quality_figure(path, histories: dict, tables: dict) -> None:
-    """Validation curves, SI-SDR and PESQ per input SNR, SI-SDR gain per noise type."""
+def quality_figure(path, histories: dict, tables: dict, holdout: str = "") -> None:
+    """Validation curves, SI-SDR and PESQ per input SNR, SI-SDR gain per noise type.
+
+    Each system keeps one colour in every panel; the held-out noise is marked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+    colour = {name: f"C{i}" for i, name in enumerate(tables["snr"]["all"])}
     for name, h in histories.items():
         if h["val"]:
-            axes[0, 0].plot(*zip(*h["val"]), marker="o", label=name)
+            axes[0, 0].plot(*zip(*h["val"]), marker="o", label=name, color=colour.get(name))
     axes[0, 0].set(xlabel="optimizer step", ylabel="validation loss", title="training")
     axes[0, 0].set_yscale("log")
     by_snr = {b: v for b, v in tables["snr"].items() if b != "all"}
@@ -58,15 +62,18 @@ def quality_figure(path, histories: dict, tables: dict) -> None:
     systems = list(tables["snr"]["all"])
     for ax, metric, label in ((axes[0, 1], "si_sdr", "SI-SDR (dB)"), (axes[1, 0], "pesq", "PESQ")):
         for name in systems:
-            ax.plot(snrs, [by_snr[b][name][metric] for b in by_snr], marker="o", label=name)
+            values = [by_snr[b][name][metric] for b in by_snr]
+            ax.plot(snrs, values, marker="o", label=name, color=colour[name])
         ax.set(xlabel="input SNR (dB)", ylabel=label, title=f"{label} per input SNR")
     by_noise = {k: v for k, v in tables["noise"].items() if k != "all"}
     width = 0.8 / max(len(systems) - 1, 1)
     for i, name in enumerate(s for s in systems if s != "noisy"):
         gains = [by_noise[k][name]["si_sdr_delta"] for k in by_noise]
-        axes[1, 1].bar(np.arange(len(by_noise)) + i * width, gains, width, label=name)
+        x = np.arange(len(by_noise)) + i * width
+        axes[1, 1].bar(x, gains, width, label=name, color=colour[name])
     axes[1, 1].axhline(0, color="black", lw=0.8)
-    axes[1, 1].set_xticks(np.arange(len(by_noise)) + width * (len(systems) - 2) / 2, list(by_noise))
+    names = [f"{k}\n(held out)" if k == holdout else k for k in by_noise]
+    axes[1, 1].set_xticks(np.arange(len(by_noise)) + width * (len(systems) - 2) / 2, names)
     axes[1, 1].set(ylabel="SI-SDR improvement (dB)", title="per noise type")
     for ax in axes.flat:
         ax.legend(fontsize=8)

@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(text)
     from diffdenoise.plots import quality_figure
 
-    quality_figure(args.out / "quality.png", {r: curves(run) for r, run in runs.items()}, tables)
+    histories = {r: curves(run) for r, run in runs.items()}
+    quality_figure(args.out / "quality.png", histories, tables, qd.holdout)
     checked = [{"target": t, "measured": m, "pass": ok} for t, m, ok in checks]
     result = {"tables": tables, "runs": info, "rtf_48k": rtf, "holdout": qd.holdout}
     result["checks"] = checked

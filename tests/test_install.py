@@ -6,6 +6,7 @@ file, so no download is needed.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,17 +21,22 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     venv = tmp_path_factory.mktemp("install") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # no pip or setuptools of its own: the dev venv's (through the .pth) are current enough
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     (Path(site) / "dev_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("build") / "src"  # setuptools builds in the tree
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "diffdenoise", "configs"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name)
     subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
-        check=True, cwd=build,
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)],
+        check=True, cwd=source.parent,
     )  # fmt: skip
     return python
 
