@@ -16,8 +16,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffdenoise.metrics import METRICS
-
 SHARE_DIR = Path(sys.prefix) / "share" / "diffdenoise" / "configs"
 
 
@@ -305,6 +303,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"'noise.weights.{name}' is not a noise type; choose from {', '.join(NOISE_TYPES)}"
             )
+    from diffdenoise.metrics import METRICS  # not at import: `python -m diffdenoise.metrics`
+
     for name in cfg.train.val_metrics:
         if name not in METRICS:
             raise ConfigError(f"'train.val_metrics' has '{name}'; choose from {', '.join(METRICS)}")

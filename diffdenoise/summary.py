@@ -17,7 +17,7 @@ def describe(path: str) -> str:
     gflops = gflops_per_second(model, rate)
     kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"
     return (
-        f"{Path(path).name:<14} {kind:<6} {count_parameters(model) / 1e6:7.2f} M params "
+        f"{Path(path).name:<14} {kind:<8} {count_parameters(model) / 1e6:7.2f} M params "
         f"{gflops:7.2f} GFLOP per audio-second at {rate} Hz"
     )
 
