@@ -282,6 +282,11 @@ def _validate_numbers(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"'loss.resolutions' has {list(res)}; each entry is [n_fft, hop, win] > 0"
             )
+    if cfg.model.spectral.hop_ms > cfg.model.spectral.win_ms:
+        raise ConfigError(
+            f"'model.spectral.hop_ms' is {cfg.model.spectral.hop_ms:g}; it must not exceed "
+            f"'model.spectral.win_ms' ({cfg.model.spectral.win_ms:g}): frames would skip audio"
+        )
     shortest = min_segment(cfg)
     for key in ("segment", "val_segment"):
         value = cfg.data[key]

@@ -42,6 +42,8 @@ def is_test(rel: str) -> bool:
 
 def split_speech(clean_dir: Path) -> tuple[list[str], list[str]]:
     """Relative paths of ``(train, test)`` speech files; at least one of each."""
+    if not clean_dir.is_dir():
+        raise SystemExit(f"error: {clean_dir}: speech folder not found")
     files, _ = audio.walk(clean_dir)
     if len(files) < 2:
         raise SystemExit(f"error: {clean_dir}: the quality loop needs at least 2 audio files")
@@ -51,6 +53,8 @@ def split_speech(clean_dir: Path) -> tuple[list[str], list[str]]:
 
 def noise_parts(noise_dir: Path, rate: int, holdout: str) -> tuple[dict, dict, str]:
     """``(train, test, holdout)``: name -> ``(time,)`` noise at ``rate`` for each part."""
+    if not noise_dir.is_dir():
+        raise SystemExit(f"error: {noise_dir}: noise folder not found")
     files, _ = audio.walk(noise_dir)
     if not files:
         raise SystemExit(f"error: {noise_dir}: no noise audio files")

@@ -106,3 +106,15 @@ def test_gpu_figures_say_clearly_when_there_is_no_gpu(tmp_path):
     with pytest.raises(SystemExit, match="--gpu needs a CUDA GPU; none is visible here"):
         bench.main(["--gpu", "--out", str(tmp_path / "g.json")])
     assert not (tmp_path / "g.json").exists()
+
+
+def test_quality_data_names_a_missing_folder(tmp_path):
+    from diffdenoise import quality_data
+
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'none'}: speech folder not found"):
+        quality_data.prepare(tmp_path / "none", tmp_path, tmp_path / "w", 16000)
+    (tmp_path / "speech").mkdir()
+    for i in range(2):
+        (tmp_path / "speech" / f"{i}.wav").write_bytes(b"")
+    with pytest.raises(SystemExit, match="noise folder not found"):
+        quality_data.prepare(tmp_path / "speech", tmp_path / "nz", tmp_path / "w", 16000)

@@ -93,6 +93,7 @@ def test_yaml_boolean_words_stay_strings_for_choice_keys():
         ("noise.clean_prob=1.5", "'noise.clean_prob' is 1.5; it must be >= 0 and <= 1"),
         ("model.strides=[4,0,4]", "'model.strides' is 0; it must be >= 1"),
         ("loss.resolutions=[[512,0,512]]", "each entry is [n_fft, hop, win] > 0"),
+        ("model.spectral.win_ms=1", "'model.spectral.hop_ms' is 8; it must not exceed"),
     ],
 )
 def test_numbers_out_of_range_are_refused(override, message):
