@@ -60,7 +60,7 @@ class SpectralConfig:
     context_frames: int = 3
     noise_window_s: float = 1.0
     prior: bool = True
-    local_channels: int = 16
+    local_channels: int = 0
 
 
 @dataclass

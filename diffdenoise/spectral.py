@@ -128,7 +128,7 @@ class SpectralMaskModel(nn.Module):
         context_frames: int = 3,
         noise_window_s: float = 1.0,
         prior: bool = True,
-        local_channels: int = 16,
+        local_channels: int = 0,
         time_dim: int = 64,
     ):
         super().__init__()

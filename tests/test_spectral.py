@@ -74,3 +74,16 @@ def test_default_config_builds_the_spectral_family_and_old_configs_the_unet():
     assert type(build_model(plain.model, 16000)).__name__ == "AudioDiffusionModel"
     with pytest.raises(config.ConfigError, match="model.family"):
         config.load([], ["model.family=transformer"])
+
+
+def test_local_head_starts_at_zero_and_keeps_shapes():
+    torch.manual_seed(0)
+    plain = SpectralMaskModel(16000, hidden=16, layers=1, time_dim=8).eval()
+    torch.manual_seed(0)
+    local = SpectralMaskModel(16000, hidden=16, layers=1, time_dim=8, local_channels=4).eval()
+    x = torch.randn(2, 1, 4000)
+    with torch.no_grad():
+        np.testing.assert_allclose(local(x).numpy(), plain(x).numpy(), atol=1e-6)
+        for p in local.local.parameters():
+            p.normal_(0, 0.5)
+        assert not torch.allclose(local(x), plain(x)) and local(x).shape == x.shape
