@@ -94,7 +94,9 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(slurm, tmp_path):
     resumed = int(re.search(r"resumed from \S+ at step (\d+)", body).group(1))
     assert 20 <= saved < MAX_STEPS and resumed == saved  # not from zero, nothing lost
     assert "requeueing job" in body and "training finished" in body and "FAILED" not in body
-    assert body.count("finished at step") == 1  # run-wide lines once per job, not per node
+    # run-wide lines once per run, not once per node
+    assert body.count(f"finished at step {MAX_STEPS} ") == 1
+    assert body.count(f"step {saved}: validation loss") == 1
     run_dir = runs / "slurm"
     assert (run_dir / "best.pt").exists() and not (run_dir / "PREEMPTED").exists()
     steps = [
