@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -60,7 +61,28 @@ def setup(cfg, run_dir: Path) -> Accelerator:
     acc.print(
         f"run {run_dir}: {acc.num_processes} process(es) on {acc.device}, precision {precision}"
     )
+    if acc.num_processes > 1:  # who runs where, so a survivor can name a rank that vanished
+        PEERS[:] = [None] * acc.num_processes
+        dist.all_gather_object(PEERS, (socket.gethostname(), os.getpid()))
     return acc
+
+
+PEERS: list = []  # (host, pid) of every rank, by rank; filled by setup()
+
+
+def vanished_ranks(me: int) -> list[int]:
+    """Ranks on this host whose process is gone (or a zombie): killed without a word."""
+    host, gone = socket.gethostname(), []
+    for rank, peer in enumerate(PEERS):
+        if rank == me or peer is None or peer[0] != host:
+            continue
+        try:
+            state = Path(f"/proc/{peer[1]}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "gone"
+        if state in ("gone", "Z", "X"):
+            gone.append(rank)
+    return gone
 
 
 @contextlib.contextmanager
@@ -84,7 +106,13 @@ def one_line_rank_failure(run_dir: Path, argv: list[str]):
         log.write_text(traceback.format_exc())
         text = _first_line(err)
         resume = " ".join(["accelerate launch ...", "launch/train.py", *argv, "train.resume=auto"])
-        if _is_peer_loss(err):
+        gone = vanished_ranks(rank)
+        if gone:
+            cause = (
+                f"stopped: rank {gone[0]} failed first, killed by a signal (its process "
+                f"vanished; SIGKILL is often the out-of-memory killer) ({text})"
+            )
+        elif _is_peer_loss(err):
             cause = f"stopped: another rank failed or was killed first ({text})"
         else:
             cause = f"failed first: {type(err).__name__}: {text} (traceback in {log})"
