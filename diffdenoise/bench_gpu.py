@@ -95,7 +95,11 @@ def run_gpu(work: Path) -> list[dict]:
     rows = []
     for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):
         label = f"{precision}{' + compile' if compiled else ''}"
-        figures = train_speed(cfg, precision, compiled)
+        try:
+            figures = train_speed(cfg, precision, compiled)
+        except Exception as err:  # one failing mode (e.g. compile) must not lose the others
+            figures = {"audio_s_per_s": None, "error": f"{type(err).__name__}: {err}"[:300]}
+        print(f"G1 {label}: {figures}", flush=True)
         rows.append(
             {"id": "G1", "figure": f"train, default config, {label} on {name}", "value":
              figures["audio_s_per_s"], "target": "reported", "pass": None, **figures}

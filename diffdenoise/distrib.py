@@ -165,7 +165,9 @@ def budget_steps(acc: Accelerator, minutes: float, state, step_times: list[float
 def save_state(acc: Accelerator, run_dir: Path, step: int, keep_last: int) -> None:
     """All ranks write the full state into a temp folder; rank 0 then publishes it."""
     tmp, final = checkpoint.state_dir_for(run_dir, step)
-    acc.save_state(str(tmp))
+    # torch.save, not safetensors: on CUDA a GRU's weights are views of one cuDNN buffer, and
+    # safetensors keeps only one of them (accelerate #3101), so a resumed GPU run lost the rest.
+    acc.save_state(str(tmp), safe_serialization=False)
     acc.wait_for_everyone()
     if acc.is_main_process:
         checkpoint.finish_state(tmp, final, keep_last)
@@ -175,7 +177,15 @@ def save_state(acc: Accelerator, run_dir: Path, step: int, keep_last: int) -> No
 def load_state(acc: Accelerator, path: Path, run_dir: Path) -> None:
     try:
         acc.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError) as err:
+    except RuntimeError as err:
+        # torch.load reports a truncated file as a RuntimeError, like a shape mismatch
+        damaged = "PytorchStreamReader" in str(err)
+        raise checkpoint.CheckpointError(
+            f"{path}: saved state "
+            + ("is damaged" if damaged else "does not fit this model/config")
+            + f" ({_first_line(err)})"
+        ) from None
+    except (KeyError, ValueError) as err:
         raise checkpoint.CheckpointError(
             f"{path}: saved state does not fit this model/config ({_first_line(err)})"
         ) from None

@@ -94,7 +94,7 @@ def process(job: tuple[str, Path, Path | None, Options, str]) -> FileResult:
     if np.abs(clean).max() < SILENT_PEAK:
         result.skipped = "all-silent audio"
         return result
-    peak = max(np.abs(clean).max(), np.abs(noisy).max() if noisy is not None else 0.0)
+    peak = float(max(np.abs(clean).max(), np.abs(noisy).max() if noisy is not None else 0.0))
     gain = 0.99 / peak if peak > 0.99 else 1.0  # resampling can overshoot; FLAC clips at 1
     n_chunks = int(np.ceil(seconds / opt.max_seconds))
     bounds = np.linspace(0, clean.shape[0], n_chunks + 1).astype(int)

@@ -300,3 +300,16 @@ def test_training_refuses_a_shard_whose_size_changed(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {tar}: ")
     assert "changed after sharding" in err and "diffdenoise.shard verify" in err
+
+
+def test_audio_near_full_scale_is_scaled_and_its_gain_recorded(tmp_path):
+    # A peak above 0.99 (or a resampling overshoot) is scaled down; its gain, a numpy
+    # float32 before the fix, must still be written into the sample's json record.
+    src = tmp_path / "gt"
+    src.mkdir()
+    loud = np.sin(np.linspace(0, 400 * np.pi, 16000)).astype(np.float32)
+    sf.write(str(src / "loud.wav"), loud, 16000, subtype="FLOAT")
+    assert run(src, "--name", "l", "--out", tmp_path / "s", "--val-fraction", "0") == 0
+    with tarfile.open(tmp_path / "s" / "l" / "train-000000.tar") as tar:
+        meta = next(json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json"))
+    assert meta["gain"] == pytest.approx(0.99 / float(np.abs(loud).max()))
