@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import torchaudio.functional as AF
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
 MEMBER_EXTENSIONS = ("flac", "wav")  # how audio is stored inside a shard's samples
+# Shard formats: the member each one writes. FLAC is compact, for archives; the WAV forms
+# are sliced straight out of the tar member's bytes, with no decoding (see wav_layout).
+SHARD_FORMATS = {"flac": "flac", "pcm16": "wav", "wav": "wav"}
+_WAV_SAMPLES = {(1, 16): np.dtype("<i2"), (3, 32): np.dtype("<f4")}  # (format tag, bits)
 
 
 class AudioError(ValueError):
@@ -105,22 +110,55 @@ def resample(audio: np.ndarray | torch.Tensor, orig: int, new: int) -> np.ndarra
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str = "flac") -> bytes:
-    """``(time,)`` float32 -> FLAC (16-bit) or WAV (float) bytes."""
+    """``(time,)`` float32 -> FLAC (16-bit), WAV 16-bit (``pcm16``) or WAV float bytes."""
     buf = io.BytesIO()
     if fmt == "flac":
         sf.write(buf, np.clip(audio, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+    elif fmt == "pcm16":
+        sf.write(buf, np.clip(audio, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
     elif fmt == "wav":
         sf.write(buf, audio, rate, format="WAV", subtype="FLOAT")
     else:
-        raise ValueError(f"unknown audio format '{fmt}' (use flac or wav)")
+        raise ValueError(f"unknown audio format '{fmt}' (use {', '.join(SHARD_FORMATS)})")
     return buf.getvalue()
+
+
+def wav_layout(data: bytes) -> tuple[int, int, int, np.dtype] | None:
+    """Where the samples of a mono 16-bit or float WAV lie: ``(byte offset, frames, rate,
+    dtype)``; None for any other audio, which :func:`decode` then hands to libsndfile."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk == b"fmt " and size >= 16:
+            tag, channels, rate = struct.unpack_from("<HHI", data, pos + 8)
+            bits = struct.unpack_from("<H", data, pos + 22)[0]
+            if tag == 0xFFFE and size >= 40:  # WAVE_FORMAT_EXTENSIBLE: the tag opens the GUID
+                tag = struct.unpack_from("<H", data, pos + 32)[0]
+            fmt = (_WAV_SAMPLES.get((tag, bits)), channels, rate)
+        elif chunk == b"data" and fmt is not None:
+            dtype, channels, rate = fmt
+            if dtype is None or channels != 1:
+                return None
+            return pos + 8, min(size, len(data) - pos - 8) // dtype.itemsize, rate, dtype
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def decode(data: bytes, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
     """Decode ``frames`` samples from ``start`` of encoded mono audio -> ``(time,)``, rate.
 
-    Seeking means a 1 s crop of a 10 s FLAC chunk decodes only about 1 s.
+    A 16-bit or float WAV is sliced from the bytes directly (scaled as libsndfile scales
+    it); FLAC seeks, so a 1 s crop of a 10 s chunk decodes only about 1 s.
     """
+    layout = wav_layout(data)
+    if layout is not None:
+        offset, total, rate, dtype = layout
+        start = min(start, total)
+        count = total - start if frames < 0 else min(frames, total - start)
+        raw = np.frombuffer(data, dtype, count, offset + start * dtype.itemsize)
+        return (raw * np.float32(1 / 32768) if dtype.kind == "i" else raw.astype(np.float32)), rate
     with sf.SoundFile(io.BytesIO(data)) as f:
         if start:
             f.seek(start)
@@ -129,6 +167,9 @@ def decode(data: bytes, start: int = 0, frames: int = -1) -> tuple[np.ndarray, i
 
 
 def num_frames(data: bytes) -> int:
+    layout = wav_layout(data)
+    if layout is not None:
+        return layout[1]
     with sf.SoundFile(io.BytesIO(data)) as f:
         return f.frames
 

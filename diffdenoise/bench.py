@@ -128,7 +128,7 @@ def bench_loader(shards: Path, consumption: dict[str, float]) -> dict:
     torch.set_num_threads(2)
     ratios = {k: round(rate / v, 1) for k, v in consumption.items()}
     return row(
-        "B1", "loader: audio-s/s per worker (48 kHz FLAC, 1 s crops, noise mixed)",
+        "B1", "loader: audio-s/s per worker (48 kHz FLAC, 1 s crops, noise planned)",
         round(rate, 1), ">= 300 audio-s/s, and >= 3x the default config's consumption",
         rate >= 300 and ratios["default"] >= 3,
         consumption_audio_s_per_s={k: round(v, 1) for k, v in consumption.items()},
@@ -173,7 +173,8 @@ def bench_overhead(work: Path) -> dict:
 
     from diffdenoise.run import tracker_for
     from diffdenoise.schedule import build_scheduler
-    from diffdenoise.train import TrainState, train_step
+    from diffdenoise.step import LogWindow, ema_update, train_step
+    from diffdenoise.train import TrainState
 
     cfg = config.load([config.find_config("default")], ["log.wandb_mode=disabled"])
     batch = {"noisy": torch.randn(4, 1, 48000) * 0.1, "t": torch.zeros(4, dtype=torch.long)}
@@ -185,7 +186,7 @@ def bench_overhead(work: Path) -> dict:
     torch.manual_seed(0)
     acc = Accelerator(cpu=True)
     model = build_model(cfg.model, cfg.data.sample_rate)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py makes it
     scheduler = build_scheduler(opt, 1000, **cfg.schedule)
     model, opt = acc.prepare(model, opt)
     ema = ExponentialMovingAverage(acc.unwrap_model(model).parameters(), decay=0.999)
@@ -193,15 +194,18 @@ def bench_overhead(work: Path) -> dict:
     run_dir.mkdir(exist_ok=True)
     tracker = tracker_for(acc, cfg, run_dir)
     tracker.start(TrainState(), {})
-    steps = {"n": 0}
+    steps = {"n": 0, "window": LogWindow()}
 
     def framework():
-        parts, grad_norm, _ = train_step(model, loss_fn, opt, [batch], acc, 1.0)
-        ema.update()
+        parts, grad_norm, bad = train_step(model, loss_fn, opt, [batch], acc, 1.0)
+        ema_update(ema, acc.unwrap_model(model).parameters(), bad)
         scheduler.step()
         steps["n"] += 1
+        steps["window"].add(parts, 0, 0.0)
         if steps["n"] % 2 == 0:  # logging every other step: more often than any real run
-            tracker.log({**parts, "grad_norm": grad_norm}, steps["n"])
+            metrics = steps["window"].metrics(4, 4.0)
+            tracker.log({**metrics, "grad_norm": float(grad_norm)}, steps["n"])
+            steps["window"] = LogWindow()
 
     def bare():
         _bare_step(bare_model, loss_fn, bare_opt, batch["noisy"], batch["clean"])
@@ -299,6 +303,11 @@ def machine() -> dict:
     }  # fmt: skip
 
 
+def slug(text: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| # | figure | value | target | result |", "|---|---|---:|---|---|"]
     for r in rows:
@@ -313,6 +322,7 @@ def table(rows: list[dict]) -> str:
 
 
 def run_cpu(work: Path, only: set[str]) -> list[dict]:
+    from diffdenoise import bench_data
     from diffdenoise.bench_process import bench_memory, bench_scaling
 
     torch.set_num_threads(2)
@@ -337,18 +347,21 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
         rows.append(bench_memory(work))
     if want("B6"):
         rows.extend(bench_model_costs())
-    return sorted(rows, key=lambda r: r["id"])
+    if want("B8") or want("B9"):
+        rows.extend(bench_data.bench_formats(work))
+    if want("B10"):
+        rows.append(bench_data.bench_mixing())
+    if want("B11"):
+        rows.append(bench_data.bench_data_wait(work, bench_data.format_shards(work)["flac"]))
+    return sorted(rows, key=lambda r: int(r["id"][1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.bench", description=__doc__)
     p.add_argument("--only", default="", help="comma-separated figures, e.g. B1,B4")
     p.add_argument("--gpu", action="store_true", help="the GPU figures (needs CUDA)")
-    p.add_argument("--out", type=Path, help="default bench/results.json, or bench/gpu-DATE.json")
+    p.add_argument("--out", type=Path, help="default bench/results.json, or bench/gpu-<GPU>.json")
     args = p.parse_args(argv)
-    if args.out is None:
-        name = f"gpu-{time.strftime('%Y-%m-%d')}.json" if args.gpu else "results.json"
-        args.out = Path("bench") / name
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
         if args.gpu:
@@ -358,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = run_cpu(Path(tmp), {b.strip() for b in args.only.split(",") if b.strip()})
     print(table(rows))
+    if args.out is None:
+        gpu = torch.cuda.get_device_name() if args.gpu else ""
+        args.out = Path("bench") / (f"gpu-{slug(gpu)}.json" if gpu else "results.json")
     report = {"machine": machine(), "seconds": round(time.time() - started), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str))

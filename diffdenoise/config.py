@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -30,7 +30,7 @@ class DataConfig:
     noise_shards: str = ""
     sample_rate: int = 16000
     segment: int = 16000
-    num_workers: int = 1
+    num_workers: Union[int, str] = 1  # noqa: UP007 (OmegaConf reads typing.Union)
     shuffle_buffer: int = 256
     val_segment: int = 0
     val_max_samples: int = 0
@@ -61,6 +61,7 @@ class SpectralConfig:
     noise_window_s: float = 1.0
     prior: bool = True
     local_channels: int = 0
+    correction_scale: float = 1.0
 
 
 @dataclass
@@ -131,6 +132,7 @@ class TrainConfig:
     run_name: str = ""
     runs_dir: str = "runs"
     max_bad_steps: int = 20
+    sync_every: int = 10
     val_metrics: list[str] = field(default_factory=list)
 
 
@@ -183,7 +185,7 @@ RANGES = {
         ["data.sample_rate", "data.segment", "data.shuffle_buffer", "noise.timesteps"],
         AT_LEAST_1,
     ),
-    **dict.fromkeys(["data.num_workers", "data.val_segment", "data.val_max_samples"], AT_LEAST_0),
+    **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
     **dict.fromkeys(["noise.infer_timestep", "noise.eq_db"], AT_LEAST_0),
     **dict.fromkeys(["noise.clean_prob", "noise.second_prob", "model.dropout"], SHARE),
     **dict.fromkeys(
@@ -198,10 +200,12 @@ RANGES = {
     ),
     "model.spectral.noise_window_s": POSITIVE,
     "model.spectral.local_channels": AT_LEAST_0,
+    "model.spectral.correction_scale": SHARE,
     **dict.fromkeys(
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
     ),
     "optim.lr": POSITIVE,
+    "train.sync_every": AT_LEAST_1,
     **dict.fromkeys(["optim.weight_decay", "optim.max_grad_norm"], AT_LEAST_0),
     **dict.fromkeys(["optim.beta1", "optim.beta2", "schedule.warmup_pct"], (0, 1, True, False)),
     "optim.ema_decay": SHARE,
@@ -272,6 +276,9 @@ def min_segment(cfg: DictConfig) -> int:
 
 
 def _validate_numbers(cfg: DictConfig) -> None:
+    workers = cfg.data.num_workers
+    if workers != "auto" and (not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"'data.num_workers' is {workers!r}; it must be >= 0 or auto")
     for dotted, bounds in RANGES.items():
         _check_range(dotted, OmegaConf.select(cfg, dotted), *bounds)
     for key in ("widths", "kernel_sizes", "strides"):
@@ -353,16 +360,7 @@ def load(files: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()
     """Build a config: schema defaults, then each YAML file in order, then dotted overrides."""
     cfg = OmegaConf.structured(Config)
     for path in files:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            layer = OmegaConf.load(path)
-        except Exception as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if layer is None or not isinstance(layer, DictConfig):
-            layer = OmegaConf.create({})
-        cfg = _merge(cfg, layer, str(path))
+        cfg = _merge_file(cfg, Path(path), ())
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. model.channels=32")
@@ -370,6 +368,23 @@ def load(files: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()
     _validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _merge_file(cfg: DictConfig, path: Path, seen: tuple) -> DictConfig:
+    """Merge one YAML file, after the file its ``base:`` key names (beside it), if any."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' leads back to this file")
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if layer is None or not isinstance(layer, DictConfig):
+        layer = OmegaConf.create({})
+    if "base" in layer:
+        cfg = _merge_file(cfg, path.parent / str(layer.pop("base")), (*seen, path.resolve()))
+    return _merge(cfg, layer, str(path))
 
 
 def _quote_choice(item: str) -> str:

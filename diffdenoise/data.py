@@ -18,6 +18,7 @@ Distributed design (see DESIGN.md, "Pitfalls"):
 
 from __future__ import annotations
 
+import os
 import random
 import zlib
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from diffdenoise import audio
-from diffdenoise.mixer import Mixer, NoiseBank
+from diffdenoise.mixer import Mixer, collate_plans
+from diffdenoise.mixing import NoiseBank, render
 from diffdenoise.shards import (
     DataError,
     expand_urls,
@@ -38,7 +40,7 @@ from diffdenoise.shards import (
 )
 
 __all__ = [  # the shard helpers are used through this module too
-    "DataError", "Mixer", "NoiseBank", "expand_urls", "manifest_stats", "warn_once",
+    "DataError", "Mixer", "NoiseBank", "expand_urls", "manifest_stats", "render", "warn_once",
 ]  # fmt: skip
 
 VAL_SEED = 20240531  # fixed, so validation is the same in every run
@@ -77,13 +79,21 @@ def decode_example(sample: dict, segment: int, rng, rate: int):
 
 
 def collate(examples: list[tuple]) -> dict:
-    """List of ``(noisy, clean, t, snr, key, url)`` -> batch of ``(batch, 1, time)`` tensors."""
-    noisy, clean, t, snr, keys, urls = zip(*examples)
+    """``(clean, stored noisy or None, plan, key, url)`` examples -> a batch: ``clean``
+    ``(batch, 1, time)``, the stored ``noisy`` twins (or None), the noise ``plan``
+    tensors, ``t``, ``snr``; :func:`diffdenoise.mixing.render` mixes it on the device."""
+    clean, stored, plans, keys, urls = zip(*examples)
+    noisy = None
+    if any(s is not None for s in stored):
+        noisy = torch.from_numpy(np.stack([c if s is None else s for c, s in zip(clean, stored)]))
+        noisy = noisy[:, None]
+    plan = collate_plans(list(plans))
     return {
-        "noisy": torch.from_numpy(np.stack(noisy))[:, None],
         "clean": torch.from_numpy(np.stack(clean))[:, None],
-        "t": torch.tensor(t, dtype=torch.long),
-        "snr": torch.tensor(snr, dtype=torch.float32),
+        "noisy": noisy,
+        "plan": plan,
+        "t": torch.tensor([p["t"] for p in plans], dtype=torch.long),
+        "snr": plan["snr"],
         "keys": list(keys),
         "urls": list(urls),
     }
@@ -107,7 +117,6 @@ class TrainStream(IterableDataset):
         epoch: int = 0,
         skip_batches: int = 0,
         shuffle_buffer: int = 256,
-        noise_urls: list[str] | None = None,
     ):
         super().__init__()
         self.urls, self.segment, self.rate, self.batch_size = urls, segment, sample_rate, batch_size
@@ -119,7 +128,6 @@ class TrainStream(IterableDataset):
             world_size,
         )
         self.epoch, self.skip_batches, self.shuffle_buffer = epoch, skip_batches, shuffle_buffer
-        self.noise_urls = noise_urls
 
     def __iter__(self):
         info = get_worker_info()
@@ -132,9 +140,6 @@ class TrainStream(IterableDataset):
         slot, slots = self.rank * nw + wid, self.world * nw
         shards = slot_shards(self.urls, self.seed, self.epoch, slot, slots)
         seeds = [self.seed, self.epoch, self.rank, wid]
-        mixer = self.mixer
-        if self.noise_urls:  # each worker streams its own noise, seeded like its data
-            mixer = mixer.with_bank(NoiseBank(self.noise_urls, _crc(seeds, "noise")))
         pipeline = wds.DataPipeline(
             lambda: _cycle(shards, _crc(seeds, "shards")),
             wds.tarfile_to_samples(handler=warn_once_per_shard),
@@ -142,9 +147,9 @@ class TrainStream(IterableDataset):
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_crc(seeds, "shuffle")
             ),
         )
-        yield from self._batches(iter(pipeline), skip_samples, len(todo), seeds, mixer)
+        yield from self._batches(iter(pipeline), skip_samples, len(todo), seeds)
 
-    def _batches(self, samples, skip: int, n_batches: int, seeds: list[int], mixer: Mixer):
+    def _batches(self, samples, skip: int, n_batches: int, seeds: list[int]):
         examples, bad = [], 0
         for position, sample in enumerate(samples):
             if position < skip:
@@ -157,8 +162,8 @@ class TrainStream(IterableDataset):
                 url, key = sample.get("__url__"), sample.get("__key__")
                 warn_once((url, key), f"skipping undecodable sample {key} in {url}: {err}")
                 continue
-            noisy, clean, t, snr = mixer(clean, rng, stored_noisy, train=True)
-            examples.append((noisy, clean, t, snr, sample["__key__"], sample["__url__"]))
+            plan = self.mixer.plan(rng, clean.shape[0], stored_noisy is not None, train=True)
+            examples.append((clean, stored_noisy, plan, sample["__key__"], sample["__url__"]))
             if len(examples) == self.batch_size:
                 batch = collate(examples)
                 batch["bad_samples"] = bad
@@ -182,8 +187,19 @@ def _cycle(shards: list[str], seed: int) -> Iterator[dict]:
         rng.shuffle(order)
 
 
-def train_loader(dataset: TrainStream, num_workers: int) -> DataLoader:
-    """A DataLoader over a :class:`TrainStream`; do NOT pass it to ``accelerator.prepare``."""
+def workers_for(setting: int | str) -> int:
+    """``data.num_workers``: a count, or ``auto``: the cores this process may use (its
+    affinity, shared among the processes of its node) less one for the training loop."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (cores or 1) // max(local, 1) - 1)
+
+
+def train_loader(dataset: TrainStream, num_workers: int | str) -> DataLoader:
+    """A DataLoader over a :class:`TrainStream`; do NOT pass it to ``accelerate.prepare``."""
+    num_workers = workers_for(num_workers)
     return DataLoader(
         dataset,
         batch_size=None,
@@ -204,8 +220,11 @@ def val_batches(
     rank: int,
     world_size: int,
     max_samples: int = 0,
+    device="cpu",
+    bank: NoiseBank | None = None,
 ):
-    """Deterministic validation batches for one rank: its round-robin share of the set.
+    """Deterministic validation batches for one rank, mixed on ``device``: its round-robin
+    share of the set.
 
     Crop position, noise type, noise and SNR are seeded by the sample key, so the union
     over ranks is the same set of examples for any world size.
@@ -228,10 +247,10 @@ def val_batches(
             url, key = sample.get("__url__"), sample.get("__key__")
             warn_once((url, key), f"skipping undecodable validation sample {key} in {url}: {err}")
             continue
-        noisy, clean, t, snr = mixer(clean, rng, stored, train=False)
-        examples.append((noisy, clean, t, snr, sample["__key__"], sample["__url__"]))
+        plan = mixer.plan(rng, clean.shape[0], stored is not None, train=False)
+        examples.append((clean, stored, plan, sample["__key__"], sample["__url__"]))
         if len(examples) == batch_size:
-            yield collate(examples)
+            yield render(collate(examples), device, bank)
             examples = []
     if examples:
-        yield collate(examples)
+        yield render(collate(examples), device, bank)

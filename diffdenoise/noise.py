@@ -41,22 +41,6 @@ def brown(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 GENERATORS = {"gaussian": gaussian, "pink": pink, "brown": brown}
-EQ_BANDS = 8  # random EQ: independent gains at this many log-spaced points, interpolated
-
-
-def random_eq(x: np.ndarray, rng: np.random.Generator, max_db: float) -> np.ndarray:
-    """``x`` through a random smooth EQ (gains within +-``max_db``) with a random polarity.
-
-    Recorded noise comes in every colour; shaping the training noise keeps a model from
-    learning the few spectra of its noise corpus by heart.
-    """
-    n = x.shape[0]
-    spec = np.fft.rfft(x)
-    points = np.log(np.linspace(1.0, spec.shape[0], EQ_BANDS))
-    gains_db = rng.uniform(-max_db, max_db, EQ_BANDS)
-    curve = np.interp(np.log(np.arange(1, spec.shape[0] + 1)), points, gains_db)
-    sign = 1.0 if rng.random() < 0.5 else -1.0
-    return (sign * np.fft.irfft(spec * 10 ** (curve / 20), n)).astype(np.float32)
 
 
 def power(x: np.ndarray) -> float:

@@ -8,8 +8,9 @@
     python -m diffdenoise.shard verify shards/speech              # every size and sha256
 
 Writes ``OUT/NAME/{train,val}-NNNNNN.tar`` (``{split}-pIIIII-NNNNNN.tar`` for a part) and
-``manifest.json``. Each sample holds ``flac`` (mono, 16-bit) or ``wav`` (float) audio,
-``noisy.flac`` in paired mode, and a ``json`` record of where the audio came from.
+``manifest.json``. Each sample holds mono audio, ``flac`` (16-bit) or ``wav`` (16-bit for
+``--format pcm16``, float for ``--format wav``), its ``noisy.`` twin in paired mode, and a
+``json`` record of where the audio came from.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ def process(job: tuple[str, Path, Path | None, Options, str]) -> FileResult:
             "gain": gain,
             "kind": opt.kind,
         }
-        entry = {opt.fmt: audio.encode(gain * clean[a:b], opt.sample_rate, opt.fmt)}
+        ext = audio.SHARD_FORMATS[opt.fmt]
+        entry = {ext: audio.encode(gain * clean[a:b], opt.sample_rate, opt.fmt)}
         if noisy is not None:
-            entry[f"noisy.{opt.fmt}"] = audio.encode(gain * noisy[a:b], opt.sample_rate, opt.fmt)
+            entry[f"noisy.{ext}"] = audio.encode(gain * noisy[a:b], opt.sample_rate, opt.fmt)
         entry["json"] = json.dumps(meta, sort_keys=True).encode()
         result.samples.append((f"{digest}_{i:04d}", entry))
     result.seconds = seconds
@@ -312,7 +314,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=0.5, help="skip shorter files")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--shard-mb", type=float, default=256.0, help="target shard size")
-    p.add_argument("--format", choices=("flac", "wav"), default="flac")
+    p.add_argument(
+        "--format",
+        choices=tuple(audio.SHARD_FORMATS),
+        default="flac",
+        help="flac: 16-bit, about half the bytes (archives); pcm16: 16-bit WAV that loader "
+        "workers slice without decoding (fast training); wav: 32-bit float WAV",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--part", default="0/1", help="I/N: shard only slice I of N (0-based)")
     args = p.parse_args(argv)
@@ -321,15 +329,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+VERIFY_HELP = "check every shard's size and sha256 against manifest.json; exit 1 if any differ"
+MERGE_HELP = "write one manifest.json over the part manifests of a --part job array"
+
+
+def subcommand_args(argv: list[str], text: str) -> argparse.Namespace:
+    """``merge``/``verify`` take one shard folder (and ``--help``)."""
+    p = argparse.ArgumentParser(prog=f"python -m diffdenoise.shard {argv[0]}", description=text)
+    p.add_argument("folder", help="shard folder, e.g. shards/speech")
+    return p.parse_args(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["verify"]:
-            return verify_main(argv[1:])
+            return verify_main([subcommand_args(argv, VERIFY_HELP).folder])
         if argv[:1] == ["merge"]:
-            if len(argv) != 2:
-                raise SystemExit("usage: python -m diffdenoise.shard merge SHARD_DIR")
-            m = merge(Path(argv[1]))
+            m = merge(Path(subcommand_args(argv, MERGE_HELP).folder))
         else:
             m = pack(parse_args(argv))
     except SystemExit as stop:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from diffdenoise.audio import SHARD_FORMATS
+
 
 class DataError(ValueError):
     """A data problem phrased for the user in one line."""
@@ -77,6 +79,11 @@ def manifest_stats(urls: list[str]) -> dict:
             if not mpath.is_file():
                 raise DataError(f"{mpath}: manifest missing; run the shard tool to completion")
             m = json.loads(mpath.read_text())
+            if m.get("format", "flac") not in SHARD_FORMATS:
+                raise DataError(
+                    f"{mpath}: shards of format '{m['format']}', which the loader cannot "
+                    f"read; reshard with --format {' or '.join(SHARD_FORMATS)}"
+                )
             shards = {s["file"]: s for sp in m["splits"].values() for s in sp["shards"]}
             cache[mpath] = (m["sample_rate"], shards)
         rate, shards = cache[mpath]

@@ -28,6 +28,7 @@ from diffdenoise.losses import build_loss
 from diffdenoise.model import build_model
 from diffdenoise.run import RunDirError, Tracker, prepare_run_dir, run_dir_for, tracker_for
 from diffdenoise.schedule import build_scheduler, set_total_steps
+from diffdenoise.step import LateFlag, LogWindow, ema_update, train_step
 from diffdenoise.validation import run_validation
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: state saved, run again with train.resume=auto
@@ -60,8 +61,12 @@ class TrainState:
             setattr(self, key, value)
 
 
-def build_data(cfg, rank: int, world: int):
-    """Turn the config into the training-stream factory, validation factory and sizes."""
+def build_data(cfg, rank: int, world: int, device):
+    """Turn the config into the training-stream factory, validation factory and sizes.
+
+    Training batches come from the loader as clean crops and noise plans; the loop mixes
+    them on ``device`` with ``stats["render"]``. Validation batches come mixed.
+    """
     urls = data.expand_urls(cfg.data.train_shards)
     stats = data.manifest_stats(urls)
     if stats["sample_rates"] != [cfg.data.sample_rate]:
@@ -71,13 +76,17 @@ def build_data(cfg, rank: int, world: int):
         )
     val_urls = data.expand_urls(cfg.data.val_shards)
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
-    noise_urls = data.expand_urls(cfg.data.noise_shards) if cfg.data.noise_shards else None
-    if noise_urls:
+    mixer = data.Mixer(**OmegaConf.to_container(cfg.noise))
+    bank = None
+    if cfg.data.noise_shards:
+        noise_urls = data.expand_urls(cfg.data.noise_shards)
         data.manifest_stats(noise_urls)  # the cheap size check against the manifest
-    if cfg.noise.weights.get("corpus", 0) > 0 and not noise_urls:
+        bank = data.NoiseBank.from_urls(noise_urls, device)
+        mixer = mixer.with_bank(bank.lengths)
+    if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
         raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
-    mixer_kwargs = dict(OmegaConf.to_container(cfg.noise))
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
+    stats["render"] = partial(data.render, device=device, bank=bank)
 
     def train_batches(start_batch: int):
         """Batches from global batch index ``start_batch`` on, across epochs, forever."""
@@ -89,29 +98,29 @@ def build_data(cfg, rank: int, world: int):
                 sample_rate=cfg.data.sample_rate,
                 batch_size=cfg.train.batch_size,
                 batches=per_epoch,
-                mixer=data.Mixer(**mixer_kwargs),
+                mixer=mixer,
                 seed=cfg.train.seed,
                 rank=rank,
                 world_size=world,
                 epoch=epoch,
                 skip_batches=skip,
                 shuffle_buffer=cfg.data.shuffle_buffer,
-                noise_urls=noise_urls,
             )
             yield from data.train_loader(stream, cfg.data.num_workers)
             epoch, skip = epoch + 1, 0
 
     def val_batches():
-        bank = data.NoiseBank(noise_urls, 0, stream=False) if noise_urls else None
         return data.val_batches(
             val_urls,
             segment=cfg.data.val_segment or cfg.data.segment,
             sample_rate=cfg.data.sample_rate,
             batch_size=cfg.train.batch_size,
-            mixer=data.Mixer(**mixer_kwargs, bank=bank),
+            mixer=mixer,
             rank=rank,
             world_size=world,
             max_samples=cfg.data.val_max_samples,
+            device=device,
+            bank=bank,
         )
 
     return train_batches, val_batches, per_epoch, stats
@@ -126,32 +135,6 @@ def planned_steps(cfg, per_epoch: int) -> int:
     if cfg.train.max_minutes:
         return 0
     raise config.ConfigError("set one of train.max_steps, train.max_epochs, train.max_minutes")
-
-
-def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float):
-    """One optimizer step over ``len(batches)`` accumulated micro-batches.
-
-    Returns ``(loss parts averaged over micro-batches, grad norm, stepped)``. The grad
-    norm is computed after DDP's all-reduce, so every rank agrees on skipping a
-    non-finite step and none waits on another.
-    """
-    parts_sum: dict[str, float] = {}
-    for i, batch in enumerate(batches):
-        noisy, clean, t = (batch[k].to(acc.device) for k in ("noisy", "clean", "t"))
-        sync = acc.no_sync(model) if i < len(batches) - 1 else nullcontext()
-        with sync, acc.autocast():
-            total, parts = loss_fn(model(noisy, t), clean)
-            acc.backward(total / len(batches))
-        for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / len(batches)
-    grad_norm = acc.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
-    grad_norm = float(grad_norm)
-    stepped = math.isfinite(grad_norm) and math.isfinite(parts_sum["total"])
-    if stepped:
-        optimizer.step()
-        stepped = not acc.optimizer_step_was_skipped  # fp16 loss scaler may skip
-    optimizer.zero_grad(set_to_none=True)
-    return parts_sum, grad_norm, stepped
 
 
 @dataclass
@@ -175,27 +158,6 @@ class Run:
         return self.ema.average_parameters() if self.ema is not None else nullcontext()
 
 
-class LogWindow:
-    """What happened since the last log line: loss parts, steps, skipped samples, time."""
-
-    def __init__(self):
-        self.parts, self.steps, self.bad, self.start = {}, 0, 0, time.time()
-
-    def add(self, parts: dict, bad_samples: int) -> None:
-        for k, v in parts.items():
-            self.parts[k] = self.parts.get(k, 0.0) + v
-        self.steps += 1
-        self.bad += bad_samples
-
-    def metrics(self, samples_per_step: float, seconds_per_step: float) -> dict:
-        """Mean loss parts and throughput over the window (samples and audio-seconds)."""
-        dt = max(time.time() - self.start, 1e-9)
-        metrics = {f"train/{k}": v / self.steps for k, v in self.parts.items()}
-        metrics["train/samples_per_s"] = self.steps * samples_per_step / dt
-        metrics["train/audio_s_per_s"] = self.steps * seconds_per_step / dt
-        return metrics
-
-
 def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
     """Model, loss, optimizer, schedule and EMA, prepared and registered for saving."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -206,6 +168,7 @@ def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
         lr=cfg.optim.lr,
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         weight_decay=cfg.optim.weight_decay,
+        fused=True,  # one kernel per step, and it can skip a non-finite step on the device
     )
     state = TrainState(total_steps=planned_steps(cfg, per_epoch))
     scheduler = build_scheduler(optimizer, state.total_steps or 10**6, **cfg.schedule)
@@ -235,17 +198,18 @@ def resume(run: Run, resume: str, resume_from: Path | None, planned: int) -> Non
     set_total_steps(run.scheduler, run.state.total_steps)
 
 
-def count_step(run: Run, stepped: bool, max_bad_steps: int) -> None:
-    """EMA after a real step; skipped (non-finite) steps counted, and too many stop it."""
+def count_step(run: Run, step: int, bad: bool | None, max_bad_steps: int) -> None:
+    """Count ``step``'s outcome, read a step late (None: nothing to read yet); too many
+    non-finite steps in a row stop the run."""
     state = run.state
-    if stepped:
+    if bad is None:
+        return
+    if not bad:
         state.bad_in_row = 0
-        if run.ema is not None:
-            run.ema.update()
         return
     state.bad_in_row += 1
     state.bad_total += 1
-    distrib.say(run.acc, f"step {state.step}: non-finite loss or gradient, step skipped")
+    distrib.say(run.acc, f"step {step}: non-finite loss or gradient, step skipped")
     if state.bad_in_row >= max_bad_steps:
         raise TrainingError(
             f"{state.bad_in_row} non-finite steps in a row (train.max_bad_steps); "
@@ -257,7 +221,9 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     """Train until a limit or a preemption; returns the process exit code."""
     acc = distrib.setup(cfg, run_dir)
     world, ga = acc.num_processes, cfg.train.grad_accum
-    train_batches, val_batches, per_epoch, stats = build_data(cfg, acc.process_index, world)
+    train_batches, val_batches, per_epoch, stats = build_data(
+        cfg, acc.process_index, world, acc.device
+    )
     run = build_run(cfg, acc, run_dir, per_epoch)
     state = run.state
     resume(run, cfg.train.resume, resume_from, planned_steps(cfg, per_epoch))
@@ -279,15 +245,20 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     start, base_elapsed, step_times, window = time.time(), state.elapsed, [], LogWindow()
     exit_code = 0
     run.model.train()
+    flags = LateFlag()
     while True:
         t0 = time.time()
-        micro = [next(batches) for _ in range(ga)]
-        parts, grad_norm, stepped = train_step(
+        loaded = [next(batches) for _ in range(ga)]
+        wait = time.time() - t0
+        micro = [stats["render"](b) for b in loaded]
+        parts, grad_norm, bad = train_step(
             run.model, run.loss_fn, run.optimizer, micro, acc, cfg.optim.max_grad_norm
         )
+        if run.ema is not None:
+            ema_update(run.ema, run.net.parameters(), bad)
         state.step += 1
         state.elapsed = base_elapsed + time.time() - start
-        count_step(run, stepped, cfg.train.max_bad_steps)
+        count_step(run, state.step - 1, flags.push(bad), cfg.train.max_bad_steps)
         run.scheduler.step()
         step_times.append(time.time() - t0)
         if not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1:
@@ -296,16 +267,21 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
             )
             set_total_steps(run.scheduler, state.total_steps)
             bar.total = state.total_steps
-        window.add(parts, sum(b.get("bad_samples", 0) for b in micro))
+        window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait)
         bar.update()
         if state.step % cfg.log.every == 0:  # the same step on every rank: a collective is safe
             log_window(
                 run, window, grad_norm, samples_per_step, seconds_per_step, bar, per_epoch, ga
             )
             window = LogWindow()
-        time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
-        done = (state.total_steps and state.step >= state.total_steps) or time_up
-        preempted, done = distrib.any_rank(acc, signals.raised, bool(done))
+        done = bool(state.total_steps) and state.step >= state.total_steps  # same on all ranks
+        preempted = False
+        if done or world == 1 or state.step % cfg.train.sync_every == 0:  # a collective
+            time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
+            preempted, time_up = distrib.any_rank(acc, signals.raised, time_up)
+            done = done or time_up
+        if done or preempted:
+            count_step(run, state.step, flags.flush(), cfg.train.max_bad_steps)
         if state.step % cfg.train.val_every == 0 or done or preempted:
             validate(epoch=state.step * ga // per_epoch)
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
@@ -350,12 +326,14 @@ def log_window(run, window, grad_norm, samples_per_step, seconds_per_step, bar, 
     metrics.update(
         {
             "train/lr": run.scheduler.get_last_lr()[0],
-            "train/grad_norm": grad_norm,
+            "train/grad_norm": float(grad_norm),
             "train/skipped_steps": state.bad_total,
             "train/bad_samples": state.bad_samples,
             "epoch": state.step * ga / per_epoch,
         }
     )
+    if run.acc.device.type == "cuda":
+        metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     run.tracker.log(metrics, state.step)
     bar.set_postfix(
         loss=f"{metrics['train/total']:.3f}",

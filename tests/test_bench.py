@@ -27,7 +27,7 @@ def test_bench_cli_writes_results(tmp_path):
     assert bench.main(["--only", "B6", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     names = [r["figure"] for r in report["rows"]]
-    rates = {"default": 48000, "seed": 48000, "tiny": 16000}
+    rates = {"default": 48000, "large": 48000, "seed": 48000, "tiny": 16000}
     assert names == [f"model cost: {c}.yaml ({r} Hz)" for c, r in rates.items()]
     default = report["rows"][0]
     assert default["params_m"] == 3.498 and default["rtf"] > 0  # the spectral default at 48 kHz
@@ -118,3 +118,19 @@ def test_quality_data_names_a_missing_folder(tmp_path):
         (tmp_path / "speech" / f"{i}.wav").write_bytes(b"")
     with pytest.raises(SystemExit, match="noise folder not found"):
         quality_data.prepare(tmp_path / "speech", tmp_path / "nz", tmp_path / "w", 16000)
+
+
+def test_gpu_bench_reads_its_figures_from_a_real_training_run(tmp_path):
+    """What ``bench --gpu`` runs for each config, here on the CPU with the tiny config."""
+    from diffdenoise import bench_gpu
+    from tests.helpers import make_shards
+
+    shards = make_shards(tmp_path, n=8, extra=["--format", "pcm16"])
+    extra = ["data.segment=4000", "train.batch_size=4", "train.mixed_precision=no"]
+    figures = bench_gpu.train_run(tmp_path, shards, "tiny", False, 40, extra)
+    assert "error" not in figures, figures
+    assert figures["audio_s_per_s"] > 0 and 0 <= figures["data_wait"] < 1
+    assert figures["audio_h_per_gpu_h"] == figures["audio_s_per_s"]
+    broken = bench_gpu.train_run(tmp_path, shards, "tiny", True, 40, ["data.segment=-1"])
+    assert "'data.segment' is -1" in broken["error"]
+    assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"

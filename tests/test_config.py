@@ -88,6 +88,8 @@ def test_yaml_boolean_words_stay_strings_for_choice_keys():
         ("train.batch_size=0", "'train.batch_size' is 0; it must be >= 1"),
         ("data.segment=0", "'data.segment' is 0; it must be >= 1"),
         ("data.num_workers=-1", "'data.num_workers' is -1; it must be >= 0"),
+        ("data.num_workers=lots", "'data.num_workers' is 'lots'; it must be >= 0 or auto"),
+        ("train.sync_every=0", "'train.sync_every' is 0; it must be >= 1"),
         ("optim.lr=0", "'optim.lr' is 0.0; it must be > 0"),
         ("optim.beta2=1", "'optim.beta2' is 1.0; it must be >= 0 and < 1"),
         ("noise.clean_prob=1.5", "'noise.clean_prob' is 1.5; it must be >= 0 and <= 1"),
@@ -111,3 +113,17 @@ def test_segment_shorter_than_the_model_can_use_names_the_minimum():
     with pytest.raises(ConfigError, match="'data.val_segment' is 1;"):
         config.load(["configs/tiny.yaml"], ["data.val_segment=1"])
     assert config.load(["configs/tiny.yaml"], ["data.segment=64"]).data.segment == 64
+
+
+def test_a_config_builds_on_its_base(tmp_path):
+    large = config.load(["configs/large.yaml"])
+    default = config.load(["configs/default.yaml"])
+    assert large.model.family == "spectral" and large.model.spectral.hidden == 768
+    assert large.noise == default.noise and large.loss == default.loss
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="a.yaml: 'base' leads back to this file"):
+        config.load([tmp_path / "a.yaml"])
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        config.load([tmp_path / "c.yaml"])

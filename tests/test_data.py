@@ -23,7 +23,8 @@ def mixer(**kw):
     return data.Mixer(**args)
 
 
-def stream(urls, **kw):
+def stream(urls, bank=None, **kw):
+    """Loader batches, mixed as the training loop mixes them (on the CPU here)."""
     args = dict(
         segment=8000,
         sample_rate=16000,
@@ -36,7 +37,7 @@ def stream(urls, **kw):
         shuffle_buffer=8,
     )
     args.update(kw)
-    return data.TrainStream(urls, **args)
+    return (data.render(b, "cpu", bank) for b in data.TrainStream(urls, **args))
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +181,17 @@ def test_corpus_noise_from_noise_shards(tmp_path):
     clean_dir = make_shards(tmp_path, name="c", n=4)
     urls = data.expand_urls(str(clean_dir / "train-*.tar"))
     noise_urls = data.expand_urls(str(noise_dir / "train-*.tar"))
-    m = mixer(weights={"corpus": 1.0}, snr_min=5, snr_max=5)
-    b = next(iter(stream(urls, mixer=m, noise_urls=noise_urls, batches=1)))
+    bank = data.NoiseBank.from_urls(noise_urls)
+    assert len(bank.lengths) == data.manifest_stats(noise_urls)["samples"]
+    m = mixer(weights={"corpus": 1.0}, snr_min=5, snr_max=5).with_bank(bank.lengths)
+    b = next(iter(stream(urls, bank=bank, mixer=m, batches=1)))
     for i in range(3):
         assert noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy()) == pytest.approx(
             5, abs=0.1
         )
+        crop = bank.crop(b["plan"]["clip"][i, :1], b["plan"]["start"][i, :1], 8000)[0]
+        residual = (b["noisy"][i, 0] - b["clean"][i, 0]).numpy()
+        assert abs(np.corrcoef(residual, crop.numpy())[0, 1]) > 0.999  # that bank crop
     with pytest.raises(data.DataError, match="noise_shards"):
         next(iter(stream(urls, mixer=mixer(weights={"corpus": 1.0}), batches=1)))
 
@@ -197,25 +203,93 @@ def test_epoch_length_from_manifest(shards):
     assert data.batches_per_epoch(stats["samples"], 2, 2) == stats["samples"] // 4
 
 
+def render_plans(m, clean: np.ndarray, seeds, bank=None) -> dict:
+    """Mix ``clean`` under the plans ``m`` draws from each seed, as the device would."""
+    plans = [m.plan(np.random.default_rng(i), clean.shape[0]) for i in seeds]
+    batch = data.collate([(clean, None, p, f"k{i}", "u") for i, p in zip(seeds, plans)])
+    return data.render(batch, "cpu", bank)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "pink", "brown", "corpus"])
+def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
+    clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
+    bank = None
+    m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5)
+    if kind == "corpus":
+        bank = data.NoiseBank.from_urls(data.expand_urls(str(make_shards(tmp_path) / "*.tar")))
+        m = m.with_bank(bank.lengths)
+    b = render_plans(m, clean, range(40), bank)
+    assert (b["plan"]["level"] > 0).any() and (b["plan"]["level"] == 0).any()
+    for i in range(40):
+        measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
+        assert measured == pytest.approx(b["snr"][i].item(), abs=0.1)
+
+
+def test_noise_types_have_their_colour():
+    """Power in the top octave over the bottom one: white flat, pink and brown falling."""
+    clean = np.zeros(16000, np.float32)
+    tilt = {}
+    for kind in ("gaussian", "pink", "brown"):
+        b = render_plans(mixer(weights={kind: 1.0}, snr_min=0, snr_max=0), clean, range(8))
+        spec = np.abs(np.fft.rfft((b["noisy"] - b["clean"])[:, 0].numpy(), axis=-1)) ** 2
+        low, high = spec[:, 20:40].mean(), spec[:, 4000:8000].mean()
+        tilt[kind] = 10 * np.log10(high / low)
+    assert abs(tilt["gaussian"]) < 1.5
+    assert -25 < tilt["pink"] < -15  # 1/f over about 7.6 octaves: about -23 dB
+    assert tilt["brown"] < tilt["pink"] - 15
+
+
 def test_mixer_augmentations_keep_the_snr_and_leave_a_share_clean():
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
-    m = mixer(clean_prob=0.3, eq_db=6.0, second_prob=0.5)
-    results = [m(clean, np.random.default_rng(i)) for i in range(200)]
-    untouched = [r for r in results if r[3] == float("inf")]
-    assert 40 <= len(untouched) <= 80  # about 30 %
-    assert all(np.array_equal(noisy, c) for noisy, c, _, _ in untouched)
-    for noisy, c, _, snr in results:
-        if snr != float("inf"):
-            assert noise.snr_db(c, noisy) == pytest.approx(snr, abs=0.1)
+    b = render_plans(mixer(clean_prob=0.3, eq_db=6.0, second_prob=0.5), clean, range(200))
+    untouched = torch.isinf(b["snr"])
+    assert 40 <= int(untouched.sum()) <= 80  # about 30 %
+    assert torch.equal(b["noisy"][untouched], b["clean"][untouched])
+    for i in (~untouched).nonzero()[:, 0].tolist():
+        measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
+        assert measured == pytest.approx(b["snr"][i].item(), abs=0.1)
 
 
 def test_mixer_without_augmentations_draws_the_same_stream_as_before():
-    clean = np.sin(np.linspace(0, 900, 4000)).astype(np.float32)
-    plain = mixer()(clean, np.random.default_rng(7))
-    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0)(clean, np.random.default_rng(7))
-    np.testing.assert_array_equal(plain[0], off[0])
+    plain = mixer().plan(np.random.default_rng(7), 4000)
+    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0).plan(np.random.default_rng(7), 4000)
+    assert repr(plain) == repr(off)
     rng = np.random.default_rng(7)  # the original recipe's draws, in order
-    kind = ["gaussian", "pink", "brown"][rng.choice(3, p=[1 / 3] * 3)]
-    sound = noise.GENERATORS[kind](rng, 4000)
-    expected = noise.mix_at_snr(clean, sound, float(rng.uniform(-5, 20)))
-    np.testing.assert_array_equal(plain[0], expected)
+    kind = int(rng.choice(3, p=[1 / 3] * 3))
+    seed = int(rng.integers(2**62))
+    assert plain["sources"][0][:2] == (kind, seed)
+    assert plain["snr"] == float(rng.uniform(-5, 20))
+    assert plain["t"] == int((rng.uniform(0, 0), rng.integers(0, 1000))[1])
+
+
+def test_device_eq_shapes_the_noise_and_flips_its_polarity():
+    clean = np.zeros(16000, np.float32)
+    m = mixer(weights={"gaussian": 1.0}, snr_min=0, snr_max=0)
+    plans = [m.plan(np.random.default_rng(0), 16000) for _ in range(2)]  # the same white noise
+    batch = data.collate([(clean, None, p, f"k{i}", "u") for i, p in enumerate(plans)])
+    eq_db = np.linspace(-6, 6, 8)  # -6 dB at the bottom, +6 at the top
+    batch["plan"]["eq"][1, 0] = torch.from_numpy(eq_db)
+    batch["plan"]["sign"][1, 0] = -1.0
+    b = data.render(batch, "cpu")
+    flat, shaped = (b["noisy"] - b["clean"])[:, 0].numpy()
+    spec = lambda x: np.abs(np.fft.rfft(x)) ** 2  # noqa: E731
+    ratio_db = 10 * np.log10(spec(shaped) / spec(flat))  # the same white noise: exactly |EQ|^2
+    bins = ratio_db.shape[0]
+    curve = np.interp(np.log(np.arange(1, bins + 1)), np.log(np.linspace(1, bins, 8)), eq_db)
+    offset = ratio_db - curve  # a constant: both are scaled to the same power afterwards
+    assert np.ptp(offset) < 0.01
+    assert ratio_db[-100:].mean() - ratio_db[:3].mean() == pytest.approx(12.0, abs=0.3)
+    assert np.corrcoef(flat, shaped)[0, 1] < -0.5
+
+
+def test_auto_workers_use_the_cores_of_this_process(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.workers_for("auto") == 15  # one core left to the training loop
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four processes share the node's cores
+    assert data.workers_for("auto") == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert data.workers_for("auto") == 1
+    assert data.workers_for(0) == 0 and data.workers_for(3) == 3

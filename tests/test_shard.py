@@ -313,3 +313,53 @@ def test_audio_near_full_scale_is_scaled_and_its_gain_recorded(tmp_path):
     with tarfile.open(tmp_path / "s" / "l" / "train-000000.tar") as tar:
         meta = next(json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json"))
     assert meta["gain"] == pytest.approx(0.99 / float(np.abs(loud).max()))
+
+
+def clean_members(folder) -> dict[str, np.ndarray]:
+    """Every sample's clean audio in a shard folder, decoded by the loader's own reader."""
+    out = {}
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if ext in audio.MEMBER_EXTENSIONS:
+                    out[key] = audio.decode(tar.extractfile(m).read())[0]
+    return out
+
+
+def test_pcm16_and_flac_shards_hold_the_same_audio_within_one_lsb(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=4)
+    for fmt in ("flac", "pcm16"):
+        args = ["--name", fmt, "--out", tmp_path / "s", "--val-fraction", "0", "--format", fmt]
+        assert run(src, *args) == 0
+    flac, pcm = clean_members(tmp_path / "s" / "flac"), clean_members(tmp_path / "s" / "pcm16")
+    assert flac.keys() == pcm.keys() and len(flac) >= 4
+    for key in flac:
+        assert flac[key].shape == pcm[key].shape
+        assert np.abs(flac[key] - pcm[key]).max() <= 1 / 32768
+    manifest = json.loads((tmp_path / "s" / "pcm16" / "manifest.json").read_text())
+    assert manifest["format"] == "pcm16"
+
+
+def test_training_refuses_shards_of_a_format_it_cannot_read(tmp_path, capsys):
+    from diffdenoise import train
+
+    src = make_corpus(tmp_path / "gt", n=6)
+    assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
+    manifest = tmp_path / "s" / "c" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "format": "mp3"}))
+    capsys.readouterr()
+    args = [
+        "configs/tiny.yaml",
+        f"data.train_shards={tmp_path}/s/c/train-*.tar",
+        f"data.val_shards={tmp_path}/s/c/val-*.tar",
+        f"train.runs_dir={tmp_path}/runs",
+    ]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {manifest}: shards of format 'mp3', which the loader cannot read; "
+        "reshard with --format flac or pcm16 or wav"
+    )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))

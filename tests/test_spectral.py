@@ -87,3 +87,21 @@ def test_local_head_starts_at_zero_and_keeps_shapes():
         for p in local.local.parameters():
             p.normal_(0, 0.5)
         assert not torch.allclose(local(x), plain(x)) and local(x).shape == x.shape
+
+
+def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
+    model = small(correction_scale=0.5)
+    with torch.no_grad():
+        model.out.bias.fill_(2.0)  # a learned correction of +2 logits in every bin
+    x = torch.randn(1, 1, 8000) * 0.1
+    spec = model.stft(x[:, 0])
+    t = torch.zeros(1)
+    classical, _ = wiener_gain(spec.abs().square(), model.window_frames)
+    base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS))
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model.gain(spec, t), torch.sigmoid(base + 1.0))
+        model.train()  # training sees the whole correction
+        torch.testing.assert_close(model.gain(spec, t), torch.sigmoid(base + 2.0))
+    cfg = config.load([config.find_config("default")])
+    assert build_model(cfg.model, 16000).correction_scale == 0.5

@@ -1,0 +1,153 @@
+"""Noise mixed on the training device, a whole batch in one step.
+
+Loader workers only read and crop clean audio and draw each example's *plan*: a few
+numbers saying which noise, where in the noise bank, which EQ, which SNR and gain (see
+:meth:`diffdenoise.mixer.Mixer.plan`). This module turns a batch of plans into noisy audio
+on the device the model trains on (a GPU; the CPU in tests): white noise from per-example
+seeded generators, colour and EQ as one batched FFT, recorded noise sliced out of a
+resident bank, then the mix at each example's SNR. Seeded plans keep exact resume, and a
+plan depends on its example alone, so validation is the same for any world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from diffdenoise import audio
+from diffdenoise.noise import SILENCE_POWER
+from diffdenoise.shards import DataError, warn_once_per_shard
+
+KINDS = ("gaussian", "pink", "brown", "corpus")
+EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0])  # power spectrum ~ 1 / f**exponent
+CORPUS = KINDS.index("corpus")
+SOURCES = 2  # a primary noise and an optional second one
+EQ_BANDS = 8  # random EQ: independent gains at this many log-spaced points, interpolated
+
+
+def mix_batch(clean, noise, snr_db, gain_db):
+    """``clean + g * noise`` with ``g`` set for each example's SNR, then its gain.
+
+    Args:
+        clean, noise: ``(batch, time)``.
+        snr_db: ``(batch,)``; ``inf`` leaves the example clean.
+        gain_db: ``(batch,)``, applied to clean and noisy alike.
+    Returns:
+        ``(noisy, clean)``, each ``(batch, time)``.
+    """
+    p_clean = clean.square().mean(-1).clamp_min(SILENCE_POWER)
+    p_noise = noise.square().mean(-1)
+    scale = torch.sqrt(p_clean / (p_noise.clamp_min(1e-20) * 10 ** (snr_db / 10)))
+    scale = torch.where(torch.isfinite(snr_db) & (p_noise > 0), scale, torch.zeros_like(scale))
+    gain = (10 ** (gain_db / 20))[:, None]
+    return (clean + scale[:, None] * noise) * gain, clean * gain
+
+
+@cache
+def _eq_weights(bins: int) -> torch.Tensor:
+    """``(bins, EQ_BANDS)`` weights that interpolate band gains (dB) linearly in log
+    frequency: recorded noise comes in every colour, and a smooth random EQ keeps a model
+    from learning the few spectra of its noise corpus by heart."""
+    points = np.log(np.linspace(1.0, bins, EQ_BANDS))
+    eye = np.eye(EQ_BANDS)
+    where = np.log(np.arange(1, bins + 1))
+    return torch.from_numpy(np.stack([np.interp(where, points, e) for e in eye], 1)).float()
+
+
+class NoiseBank:
+    """Every clip of a noise corpus, decoded once into one int16 tensor (on the training
+    device when given one), so a crop is a slice, not a decode."""
+
+    def __init__(self, clips: list[np.ndarray], device="cpu"):
+        if not clips:
+            raise DataError("noise shards hold no readable audio")
+        self.lengths = [int(c.shape[0]) for c in clips]
+        pcm = np.concatenate([np.clip(c, -1, 1 - 1 / 32768) for c in clips]) * 32768
+        self.offsets = torch.tensor(np.cumsum([0, *self.lengths[:-1]]), device=device)
+        self.sizes = torch.tensor(self.lengths, device=device)
+        self.pcm = torch.from_numpy(np.round(pcm).astype(np.int16)).to(device)
+
+    @classmethod
+    def from_urls(cls, urls: list[str], device="cpu") -> NoiseBank:
+        """The whole corpus, in shard order: the same bank on every rank."""
+        return cls([audio.decode(data)[0] for data in encoded_clips(sorted(urls))], device)
+
+    def crop(self, clip: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
+        """``(n,)`` clip indices and starts -> ``(n, length)`` float audio; short clips loop."""
+        clip, start = clip.to(self.pcm.device), start.to(self.pcm.device)
+        step = torch.arange(length, device=self.pcm.device)
+        index = self.offsets[clip, None] + (start[:, None] + step) % self.sizes[clip, None]
+        return self.pcm[index].float() / 32768
+
+
+def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -> torch.Tensor:
+    """The noise of a batch of plans: ``(batch, length)``.
+
+    Each example sums up to :data:`SOURCES` sources, each white noise (coloured by its
+    kind) or a bank crop, through its EQ and polarity, at unit power; the second source
+    is weighted by ``plan["level"]`` (0: none).
+    """
+    kind, level = plan["kind"].to(device), plan["level"].to(device)
+    batch = kind.shape[0]
+    active = torch.stack([torch.isfinite(plan["snr"].to(device)), level > 0], 1)
+    rows = active.flatten().nonzero()[:, 0].tolist()
+    waves = torch.zeros(batch * SOURCES, length, device=device)
+    seeds = plan["seed"].flatten().tolist()
+    for r in rows:
+        g = torch.Generator(device=device).manual_seed(seeds[r])
+        waves[r] = torch.randn(length, generator=g, device=device)
+    flat_kind = kind.flatten()
+    corpus = [r for r in rows if flat_kind[r] == CORPUS]
+    if corpus:
+        if bank is None:
+            raise DataError("noise.weights.corpus needs data.noise_shards")
+        pick = torch.tensor(corpus)
+        waves[pick.to(device)] = bank.crop(
+            plan["clip"].flatten()[pick], plan["start"].flatten()[pick], length
+        ).to(device)
+    spec = torch.fft.rfft(waves)
+    bins = spec.shape[-1]
+    freq = torch.arange(bins, device=device, dtype=torch.float32).clamp_min(1.0)
+    exponent = EXPONENTS.to(device)[flat_kind]
+    colour = freq[None] ** (-exponent[:, None] / 2)
+    colour[:, 0] = torch.where(exponent > 0, 0.0, 1.0)  # coloured noise has no DC
+    eq_db = plan["eq"].to(device).reshape(batch * SOURCES, EQ_BANDS)
+    eq = 10 ** (eq_db @ _eq_weights(bins).to(device).T / 20)
+    sign = plan["sign"].to(device).flatten()[:, None]
+    waves = torch.fft.irfft(spec * colour * eq * sign, length)
+    waves = waves / waves.square().mean(-1, keepdim=True).clamp_min(1e-20).sqrt()
+    waves = waves.view(batch, SOURCES, length)
+    return waves[:, 0] + level[:, None] * waves[:, 1]
+
+
+def render(batch: dict, device, bank: NoiseBank | None = None) -> dict:
+    """A loader batch of clean crops and plans -> the same batch with ``noisy``, ``clean``
+    and ``t`` on ``device`` (``(batch, 1, time)``; ``t``: ``(batch,)``).
+
+    Examples with a stored noisy twin (paired shards) keep it; the rest are mixed here.
+    """
+    clean = batch["clean"].to(device, non_blocking=True)[:, 0]
+    plan = batch["plan"]
+    snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
+    noise = synthesize(plan, clean.shape[-1], device, bank)
+    noisy, clean_out = mix_batch(clean, noise, snr, gain)
+    if batch.get("noisy") is not None:
+        stored = plan["stored"].to(device)[:, None]
+        twin = batch["noisy"].to(device, non_blocking=True)[:, 0] * (10 ** (gain / 20))[:, None]
+        noisy = torch.where(stored, twin, noisy)
+    t = batch["t"].to(device, non_blocking=True)
+    return {**batch, "noisy": noisy[:, None], "clean": clean_out[:, None], "t": t}
+
+
+def encoded_clips(urls: list[str]) -> Iterator[bytes]:
+    """Encoded audio of every readable sample in ``urls``, in order."""
+    for sample in wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=warn_once_per_shard)
+    ):
+        data = audio.member(sample)
+        if data is not None:
+            yield data
