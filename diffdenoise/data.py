@@ -133,7 +133,8 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         mine = range(wid, self.batches, nw)  # loader batches j this worker produces
-        todo = [j for j in mine if j >= self.skip_batches]
+        first = wid + max(0, -(-(self.skip_batches - wid) // nw)) * nw  # first j >= skip
+        todo = range(first, self.batches, nw)  # a range: no list of an epoch's batches
         if not todo:
             return
         skip_samples = (len(mine) - len(todo)) * self.batch_size
