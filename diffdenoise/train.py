@@ -251,22 +251,11 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         loaded = [next(batches) for _ in range(ga)]
         wait = time.time() - t0
         micro = [stats["render"](b) for b in loaded]
-        parts, grad_norm, bad = train_step(
-            run.model, run.loss_fn, run.optimizer, micro, acc, cfg.optim.max_grad_norm
-        )
-        if run.ema is not None:
-            ema_update(run.ema, run.net.parameters(), bad)
-        state.step += 1
+        parts, grad_norm = optimizer_step(run, micro, cfg, flags)
         state.elapsed = base_elapsed + time.time() - start
-        count_step(run, state.step - 1, flags.push(bad), cfg.train.max_bad_steps)
-        run.scheduler.step()
         step_times.append(time.time() - t0)
         if not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1:
-            state.total_steps = distrib.budget_steps(
-                acc, cfg.train.max_minutes, state, step_times[1:]
-            )
-            set_total_steps(run.scheduler, state.total_steps)
-            bar.total = state.total_steps
+            plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
         window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait)
         bar.update()
         if state.step % cfg.log.every == 0:  # the same step on every rank: a collective is safe
@@ -274,14 +263,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
                 run, window, grad_norm, samples_per_step, seconds_per_step, bar, per_epoch, ga
             )
             window = LogWindow()
-        done = bool(state.total_steps) and state.step >= state.total_steps  # same on all ranks
-        preempted = False
-        if done or world == 1 or state.step % cfg.train.sync_every == 0:  # a collective
-            time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
-            preempted, time_up = distrib.any_rank(acc, signals.raised, time_up)
-            done = done or time_up
-        if done or preempted:
-            count_step(run, state.step, flags.flush(), cfg.train.max_bad_steps)
+        done, preempted = stop_or_preempt(run, cfg, signals.raised, flags)
         if state.step % cfg.train.val_every == 0 or done or preempted:
             validate(epoch=state.step * ga // per_epoch)
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
@@ -305,6 +287,43 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     )
     run.tracker.finish()  # may end the process group: nothing collective after this
     return exit_code
+
+
+def optimizer_step(run: Run, micro: list[dict], cfg, flags: LateFlag):
+    """One step: ``train_step``, the EMA, the schedule, and the outcome of the step before
+    (read a step late, so the host never waits on the device)."""
+    parts, grad_norm, bad = train_step(
+        run.model, run.loss_fn, run.optimizer, micro, run.acc, cfg.optim.max_grad_norm
+    )
+    if run.ema is not None:
+        ema_update(run.ema, run.net.parameters(), bad)
+    run.state.step += 1
+    count_step(run, run.state.step - 1, flags.push(bad), cfg.train.max_bad_steps)
+    run.scheduler.step()
+    return parts, grad_norm
+
+
+def plan_budget(run: Run, minutes: float, step_times: list[float], bar) -> None:
+    """Size a wall-clock-budgeted schedule from the measured step times."""
+    run.state.total_steps = distrib.budget_steps(run.acc, minutes, run.state, step_times)
+    set_total_steps(run.scheduler, run.state.total_steps)
+    bar.total = run.state.total_steps
+
+
+def stop_or_preempt(run: Run, cfg, signalled: bool, flags: LateFlag) -> tuple[bool, bool]:
+    """``(done, preempted)``, the same on every rank. The step limit needs no collective;
+    the time budget and a preemption signal are agreed on every ``train.sync_every``
+    steps (every step with one process, where agreeing costs nothing)."""
+    state = run.state
+    done = bool(state.total_steps) and state.step >= state.total_steps
+    preempted = False
+    if done or run.acc.num_processes == 1 or state.step % cfg.train.sync_every == 0:
+        time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
+        preempted, time_up = distrib.any_rank(run.acc, signalled, time_up)
+        done = done or time_up
+    if done or preempted:  # the last step's outcome, before anything is saved
+        count_step(run, state.step, flags.flush(), cfg.train.max_bad_steps)
+    return done, preempted
 
 
 def progress_bar(acc: Accelerator, state: TrainState, name: str) -> tqdm:

@@ -282,14 +282,10 @@ def test_verify_checks_every_size_and_hash(tmp_path, capsys):
     assert "manifest missing; nothing to verify" in capsys.readouterr().err
 
 
-def test_training_refuses_a_shard_whose_size_changed(tmp_path, capsys):
+def train_refusal(tmp_path, capsys) -> str:
+    """Train the tiny config on ``tmp_path/s/c``; it must refuse: its one error line."""
     from diffdenoise import train
 
-    src = make_corpus(tmp_path / "gt", n=6)
-    assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
-    tar = sorted((tmp_path / "s" / "c").glob("train-*.tar"))[0]
-    tar.write_bytes(tar.read_bytes()[:-1024])
-    capsys.readouterr()
     args = [
         "configs/tiny.yaml",
         f"data.train_shards={tmp_path}/s/c/train-*.tar",
@@ -297,7 +293,16 @@ def test_training_refuses_a_shard_whose_size_changed(tmp_path, capsys):
         f"train.runs_dir={tmp_path}/runs",
     ]
     assert train.main(args) == 2
-    err = capsys.readouterr().err.strip()
+    return capsys.readouterr().err.strip()
+
+
+def test_training_refuses_a_shard_whose_size_changed(tmp_path, capsys):
+    src = make_corpus(tmp_path / "gt", n=6)
+    assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
+    tar = sorted((tmp_path / "s" / "c").glob("train-*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:-1024])
+    capsys.readouterr()
+    err = train_refusal(tmp_path, capsys)
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {tar}: ")
     assert "changed after sharding" in err and "diffdenoise.shard verify" in err
 
@@ -342,22 +347,13 @@ def test_pcm16_and_flac_shards_hold_the_same_audio_within_one_lsb(tmp_path):
 
 
 def test_training_refuses_shards_of_a_format_it_cannot_read(tmp_path, capsys):
-    from diffdenoise import train
-
     src = make_corpus(tmp_path / "gt", n=6)
     assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
     manifest = tmp_path / "s" / "c" / "manifest.json"
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**m, "format": "mp3"}))
     capsys.readouterr()
-    args = [
-        "configs/tiny.yaml",
-        f"data.train_shards={tmp_path}/s/c/train-*.tar",
-        f"data.val_shards={tmp_path}/s/c/val-*.tar",
-        f"train.runs_dir={tmp_path}/runs",
-    ]
-    assert train.main(args) == 2
-    err = capsys.readouterr().err.strip()
+    err = train_refusal(tmp_path, capsys)
     assert err == (
         f"error: {manifest}: shards of format 'mp3', which the loader cannot read; "
         "reshard with --format flac or pcm16 or wav"
