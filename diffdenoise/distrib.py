@@ -100,6 +100,9 @@ def one_line_rank_failure(run_dir: Path, argv: list[str]):
     except Exception as err:
         if world == 1:
             raise
+        # The launcher now SIGTERMs this rank's loader workers too; the DataLoader's SIGCHLD
+        # handler would raise in the middle of this report and lose its one line.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         import traceback
 
         log = run_dir / f"error-rank{rank}.log"
