@@ -48,14 +48,15 @@ def mix_batch(clean, noise, snr_db, gain_db):
 
 
 @cache
-def _eq_weights(bins: int) -> torch.Tensor:
+def _eq_weights(bins: int, device: str) -> torch.Tensor:
     """``(bins, EQ_BANDS)`` weights that interpolate band gains (dB) linearly in log
     frequency: recorded noise comes in every colour, and a smooth random EQ keeps a model
     from learning the few spectra of its noise corpus by heart."""
     points = np.log(np.linspace(1.0, bins, EQ_BANDS))
     eye = np.eye(EQ_BANDS)
     where = np.log(np.arange(1, bins + 1))
-    return torch.from_numpy(np.stack([np.interp(where, points, e) for e in eye], 1)).float()
+    weights = np.stack([np.interp(where, points, e) for e in eye], 1)
+    return torch.from_numpy(weights).float().to(device)
 
 
 class NoiseBank:
@@ -91,24 +92,26 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     kind) or a bank crop, through its EQ and polarity, at unit power; the second source
     is weighted by ``plan["level"]`` (0: none).
     """
-    kind, level = plan["kind"].to(device), plan["level"].to(device)
-    batch = kind.shape[0]
-    active = torch.stack([torch.isfinite(plan["snr"].to(device)), level > 0], 1)
-    rows = active.flatten().nonzero()[:, 0].tolist()
+    # Which rows to make is decided from the plan on the host, where the loader left it:
+    # choosing them from device tensors would stall on every batch.
+    kinds = plan["kind"].cpu().flatten()
+    active = torch.stack([torch.isfinite(plan["snr"].cpu()), plan["level"].cpu() > 0], 1)
+    rows = active.flatten().nonzero()[:, 0]
+    corpus = rows[kinds[rows] == CORPUS]
+    batch = plan["kind"].shape[0]
     waves = torch.zeros(batch * SOURCES, length, device=device)
-    seeds = plan["seed"].flatten().tolist()
-    for r in rows:
+    seeds = plan["seed"].cpu().flatten().tolist()
+    for r in rows[kinds[rows] != CORPUS].tolist():
         g = torch.Generator(device=device).manual_seed(seeds[r])
         waves[r] = torch.randn(length, generator=g, device=device)
-    flat_kind = kind.flatten()
-    corpus = [r for r in rows if flat_kind[r] == CORPUS]
-    if corpus:
+    if len(corpus):
         if bank is None:
             raise DataError("noise.weights.corpus needs data.noise_shards")
-        pick = torch.tensor(corpus)
-        waves[pick.to(device)] = bank.crop(
-            plan["clip"].flatten()[pick], plan["start"].flatten()[pick], length
+        waves[corpus.to(device)] = bank.crop(
+            plan["clip"].cpu().flatten()[corpus], plan["start"].cpu().flatten()[corpus], length
         ).to(device)
+    flat_kind = kinds.to(device)
+    level = plan["level"].to(device)
     spec = torch.fft.rfft(waves)
     bins = spec.shape[-1]
     freq = torch.arange(bins, device=device, dtype=torch.float32).clamp_min(1.0)
@@ -116,7 +119,7 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     colour = freq[None] ** (-exponent[:, None] / 2)
     colour[:, 0] = torch.where(exponent > 0, 0.0, 1.0)  # coloured noise has no DC
     eq_db = plan["eq"].to(device).reshape(batch * SOURCES, EQ_BANDS)
-    eq = 10 ** (eq_db @ _eq_weights(bins).to(device).T / 20)
+    eq = 10 ** (eq_db @ _eq_weights(bins, str(device)).T / 20)
     sign = plan["sign"].to(device).flatten()[:, None]
     waves = torch.fft.irfft(spec * colour * eq * sign, length)
     waves = waves / waves.square().mean(-1, keepdim=True).clamp_min(1e-20).sqrt()
