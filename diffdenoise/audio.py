@@ -123,19 +123,24 @@ def encode(audio: np.ndarray, rate: int, fmt: str = "flac") -> bytes:
     return buf.getvalue()
 
 
-def wav_layout(data: bytes) -> tuple[int, int, int, np.dtype] | None:
+def wav_layout(data) -> tuple[int, int, int, np.dtype] | None:
     """Where the samples of a mono 16-bit or float WAV lie: ``(byte offset, frames, rate,
-    dtype)``; None for any other audio, which :func:`decode` then hands to libsndfile."""
+    dtype)``; None for any other audio, which :func:`decode` then hands to libsndfile.
+
+    ``data`` is bytes or anything sliced like bytes (a :class:`diffdenoise.tarindex.Member`
+    reads only the slices asked for).
+    """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos, fmt = 12, None
     while pos + 8 <= len(data):
         chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
         if chunk == b"fmt " and size >= 16:
-            tag, channels, rate = struct.unpack_from("<HHI", data, pos + 8)
-            bits = struct.unpack_from("<H", data, pos + 22)[0]
+            body = data[pos + 8 : pos + 8 + min(size, 40)]
+            tag, channels, rate = struct.unpack_from("<HHI", body)
+            bits = struct.unpack_from("<H", body, 14)[0]
             if tag == 0xFFFE and size >= 40:  # WAVE_FORMAT_EXTENSIBLE: the tag opens the GUID
-                tag = struct.unpack_from("<H", data, pos + 32)[0]
+                tag = struct.unpack_from("<H", body, 24)[0]
             fmt = (_WAV_SAMPLES.get((tag, bits)), channels, rate)
         elif chunk == b"data" and fmt is not None:
             dtype, channels, rate = fmt
@@ -146,32 +151,57 @@ def wav_layout(data: bytes) -> tuple[int, int, int, np.dtype] | None:
     return None
 
 
-def decode(data: bytes, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
-    """Decode ``frames`` samples from ``start`` of encoded mono audio -> ``(time,)``, rate.
+class Encoded:
+    """Encoded mono audio opened once: ``frames``, ``rate`` and :meth:`read` of a span.
 
     A 16-bit or float WAV is sliced from the bytes directly (scaled as libsndfile scales
-    it); FLAC seeks, so a 1 s crop of a 10 s chunk decodes only about 1 s.
+    it); anything else goes to libsndfile, and FLAC seeks, so a 1 s crop of a 10 s chunk
+    decodes only about 1 s. ``data`` is bytes or a :class:`diffdenoise.tarindex.Member`,
+    of which only the slices asked for are read.
     """
-    layout = wav_layout(data)
-    if layout is not None:
-        offset, total, rate, dtype = layout
-        start = min(start, total)
-        count = total - start if frames < 0 else min(frames, total - start)
-        raw = np.frombuffer(data, dtype, count, offset + start * dtype.itemsize)
-        return (raw * np.float32(1 / 32768) if dtype.kind == "i" else raw.astype(np.float32)), rate
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        if start:
-            f.seek(start)
-        out = f.read(frames, dtype="float32", always_2d=True)
-        return out[:, 0] if out.shape[1] == 1 else out.mean(axis=1), f.samplerate
+
+    def __init__(self, data):
+        self.layout = wav_layout(data)
+        if self.layout is not None:
+            self.data, self.file = data, None
+            _, self.frames, self.rate, _ = self.layout
+        else:
+            self.file = sf.SoundFile(io.BytesIO(bytes(data)))
+            self.frames, self.rate = self.file.frames, self.file.samplerate
+
+    def read(self, start: int = 0, frames: int = -1, keep_int16: bool = False) -> np.ndarray:
+        """``(time,)`` from ``start``; with ``keep_int16``, 16-bit audio stays int16 (half
+        the bytes to move; ``x / 32768`` is the float it stands for), else float32."""
+        start = min(start, self.frames)
+        count = self.frames - start if frames < 0 else min(frames, self.frames - start)
+        if self.file is None:
+            offset, _, _, dtype = self.layout
+            first = offset + start * dtype.itemsize
+            raw = np.frombuffer(_slice(self.data, first, first + count * dtype.itemsize), dtype)
+            if dtype.kind == "i":
+                return raw if keep_int16 else raw * np.float32(1 / 32768)
+            return raw.astype(np.float32)
+        with self.file as f:
+            if start:
+                f.seek(start)
+            as_int = keep_int16 and f.subtype == "PCM_16" and f.channels == 1
+            out = f.read(count, dtype="int16" if as_int else "float32", always_2d=True)
+            return out[:, 0] if out.shape[1] == 1 else out.mean(axis=1)
 
 
-def num_frames(data: bytes) -> int:
-    layout = wav_layout(data)
-    if layout is not None:
-        return layout[1]
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        return f.frames
+def decode(data, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+    """Decode ``frames`` float32 samples from ``start`` of encoded mono audio (see
+    :class:`Encoded`) -> ``(time,)``, rate."""
+    clip = Encoded(data)
+    return clip.read(start, frames), clip.rate
+
+
+def _slice(data, start: int, stop: int):
+    return memoryview(data)[start:stop] if isinstance(data, bytes | bytearray) else data[start:stop]
+
+
+def num_frames(data) -> int:
+    return Encoded(data).frames
 
 
 def write(path: str | Path, audio: np.ndarray, rate: int, subtype: str | None = None) -> None:

@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from diffdenoise import audio
+from diffdenoise import audio, tarindex
 from diffdenoise.mixer import Mixer, collate_plans
 from diffdenoise.mixing import NoiseBank, render
 from diffdenoise.shards import (
@@ -36,7 +36,6 @@ from diffdenoise.shards import (
     expand_urls,
     manifest_stats,
     warn_once,
-    warn_once_per_shard,
 )
 
 __all__ = [  # the shard helpers are used through this module too
@@ -60,22 +59,40 @@ def slot_shards(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -
 
 
 def decode_example(sample: dict, segment: int, rng, rate: int):
-    """A crop of ``segment`` samples (zero-padded) from a sample, and its stored noisy twin."""
+    """A crop of ``segment`` samples (zero-padded) from a sample, and its stored noisy twin:
+    int16 where the shard stores 16-bit audio (the device makes it float), else float32."""
     data, noisy_data = audio.member(sample), audio.member(sample, "noisy.")
     if data is None:
         raise DataError(f"sample {sample.get('__key__')} has no flac or wav audio")
-    frames = audio.num_frames(data)
-    start = int(rng.integers(0, max(frames - segment, 0) + 1)) if segment else 0
-    clean, sr = audio.decode(data, start, segment or -1)
-    if sr != rate:
-        raise DataError(f"sample {sample['__key__']} is {sr} Hz, data.sample_rate is {rate}")
+    encoded = audio.Encoded(data)
+    if encoded.rate != rate:
+        key = sample["__key__"]
+        raise DataError(f"sample {key} is {encoded.rate} Hz, data.sample_rate is {rate}")
+    start = int(rng.integers(0, max(encoded.frames - segment, 0) + 1)) if segment else 0
+    clean = encoded.read(start, segment or -1, keep_int16=True)
     noisy = None
     if noisy_data is not None:
-        noisy, _ = audio.decode(noisy_data, start, segment or -1)
+        noisy = audio.Encoded(noisy_data).read(start, segment or -1, keep_int16=True)
     if segment and clean.shape[0] < segment:
         clean = np.pad(clean, (0, segment - clean.shape[0]))
         noisy = None if noisy is None else np.pad(noisy, (0, segment - noisy.shape[0]))
     return clean, noisy
+
+
+def stack(waves) -> torch.Tensor:
+    """Crops -> ``(batch, 1, time)``: int16 when every crop is int16, else float32. In a
+    loader worker the batch is built in shared memory, as ``default_collate`` builds it,
+    so handing it to the training process copies nothing."""
+    if any(w.dtype != np.int16 for w in waves):
+        waves = [w * np.float32(1 / 32768) if w.dtype == np.int16 else w for w in waves]
+    n, length = len(waves), waves[0].shape[0]
+    proto = torch.empty(0, dtype=torch.from_numpy(waves[0][:0].copy()).dtype)
+    if get_worker_info() is None:
+        out = proto.new_empty(n, length)
+    else:
+        out = proto.new(proto._typed_storage()._new_shared(n * length, device="cpu"))
+    np.stack(waves, out=out.view(n, length).numpy())
+    return out.view(n, 1, length)
 
 
 def collate(examples: list[tuple]) -> dict:
@@ -85,11 +102,10 @@ def collate(examples: list[tuple]) -> dict:
     clean, stored, plans, keys, urls = zip(*examples)
     noisy = None
     if any(s is not None for s in stored):
-        noisy = torch.from_numpy(np.stack([c if s is None else s for c, s in zip(clean, stored)]))
-        noisy = noisy[:, None]
+        noisy = stack([c if s is None else s for c, s in zip(clean, stored)])
     plan = collate_plans(list(plans))
     return {
-        "clean": torch.from_numpy(np.stack(clean))[:, None],
+        "clean": stack(clean),
         "noisy": noisy,
         "plan": plan,
         "t": torch.tensor([p["t"] for p in plans], dtype=torch.long),
@@ -143,7 +159,7 @@ class TrainStream(IterableDataset):
         seeds = [self.seed, self.epoch, self.rank, wid]
         pipeline = wds.DataPipeline(
             lambda: _cycle(shards, _crc(seeds, "shards")),
-            wds.tarfile_to_samples(handler=warn_once_per_shard),
+            tarindex.read_shards,
             wds.shuffle(
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_crc(seeds, "shuffle")
             ),
@@ -233,9 +249,7 @@ def val_batches(
     if not urls:
         return
     examples = []
-    ordered = wds.DataPipeline(
-        wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples(handler=warn_once_per_shard)
-    )
+    ordered = tarindex.read_shards({"url": url} for url in sorted(urls))
     for index, sample in enumerate(ordered):
         if max_samples and index >= max_samples:
             break

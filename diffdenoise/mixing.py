@@ -16,11 +16,10 @@ from functools import cache
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from diffdenoise import audio
+from diffdenoise import audio, tarindex
 from diffdenoise.noise import SILENCE_POWER
-from diffdenoise.shards import DataError, warn_once_per_shard
+from diffdenoise.shards import DataError
 
 KINDS = ("gaussian", "pink", "brown", "corpus")
 EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0])  # power spectrum ~ 1 / f**exponent
@@ -133,24 +132,28 @@ def render(batch: dict, device, bank: NoiseBank | None = None) -> dict:
 
     Examples with a stored noisy twin (paired shards) keep it; the rest are mixed here.
     """
-    clean = batch["clean"].to(device, non_blocking=True)[:, 0]
+    clean = as_float(batch["clean"].to(device, non_blocking=True)[:, 0])
     plan = batch["plan"]
     snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
     noise = synthesize(plan, clean.shape[-1], device, bank)
     noisy, clean_out = mix_batch(clean, noise, snr, gain)
     if batch.get("noisy") is not None:
         stored = plan["stored"].to(device)[:, None]
-        twin = batch["noisy"].to(device, non_blocking=True)[:, 0] * (10 ** (gain / 20))[:, None]
+        twin = as_float(batch["noisy"].to(device, non_blocking=True)[:, 0])
+        twin = twin * (10 ** (gain / 20))[:, None]
         noisy = torch.where(stored, twin, noisy)
     t = batch["t"].to(device, non_blocking=True)
     return {**batch, "noisy": noisy[:, None], "clean": clean_out[:, None], "t": t}
 
 
+def as_float(wave: torch.Tensor) -> torch.Tensor:
+    """Loader audio (int16 for 16-bit shards, else float) -> float32 in [-1, 1)."""
+    return wave.float() / 32768 if wave.dtype == torch.int16 else wave
+
+
 def encoded_clips(urls: list[str]) -> Iterator[bytes]:
     """Encoded audio of every readable sample in ``urls``, in order."""
-    for sample in wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=warn_once_per_shard)
-    ):
+    for sample in tarindex.read_shards({"url": url} for url in urls):
         data = audio.member(sample)
         if data is not None:
             yield data

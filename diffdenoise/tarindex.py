@@ -1,0 +1,185 @@
+"""Local tar shards read by offset: samples whose audio members are read only as far as a
+crop needs.
+
+WebDataset's tar reader hands every member over as bytes, so a 1 s crop of a 10 s pcm16
+member reads all ten seconds, and a shuffle buffer holds whole members. Here a sample's
+members are :class:`Member` references (file, offset, size), found from the 512-byte tar
+headers alone; :mod:`diffdenoise.audio` slices them (``member[a:b]``) like bytes, and only
+those bytes are read. Samples are grouped as WebDataset groups them (key: the name up to
+the first dot of its base name), so both readers give the same samples.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import webdataset as wds
+
+from diffdenoise.shards import DataError, warn_once_per_shard
+
+BLOCK = 512
+HEAD = 256  # bytes of a member read (and kept) on first touch: a WAV header fits
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skipped meta members
+
+
+class _Files:
+    """Open descriptors of the shards a worker reads, the least recently used closed first."""
+
+    def __init__(self, keep: int = 16):
+        self.keep, self.fds, self.pid = keep, OrderedDict(), os.getpid()
+
+    def fd(self, path: str) -> int:
+        if self.pid != os.getpid():  # a forked loader worker: the parent's table is not ours
+            self.fds, self.pid = OrderedDict(), os.getpid()
+        fd = self.fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if len(self.fds) >= self.keep:
+                os.close(self.fds.popitem(last=False)[1])
+        self.fds[path] = fd
+        return fd
+
+
+_FILES = _Files()
+_READS = [0, 0]  # reads and bytes read by this process, for tests and benchmarks
+
+
+def pread(path: str, offset: int, count: int) -> bytes:
+    """``count`` bytes of ``path`` from ``offset`` (fewer only at the end of the file)."""
+    out = os.pread(_FILES.fd(path), count, offset)
+    _READS[0] += 1
+    _READS[1] += len(out)
+    return out
+
+
+def read_stats() -> tuple[int, int]:
+    """``(reads, bytes)`` this process has read through :func:`pread` so far."""
+    return _READS[0], _READS[1]
+
+
+class Member:
+    """One tar member's bytes, read on demand: ``len(m)`` and ``m[a:b]`` work as on bytes."""
+
+    __slots__ = ("_head", "offset", "path", "size")
+
+    def __init__(self, path: str, offset: int, size: int):
+        self.path, self.offset, self.size, self._head = path, offset, size, None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop, _ = where.indices(self.size)
+        if stop <= start:
+            return b""
+        if stop <= HEAD:
+            if self._head is None:
+                self._head = self._read(0, min(HEAD, self.size))
+            return self._head[start:stop]
+        return self._read(start, stop - start)
+
+    def _read(self, start: int, count: int) -> bytes:
+        out = pread(self.path, self.offset + start, count)
+        if len(out) != count:
+            raise DataError(f"{self.path}: truncated tar member at byte {self.offset + start}")
+        return out
+
+    def __bytes__(self) -> bytes:
+        return self[:]
+
+
+def _number(field: bytes) -> int:
+    """A tar header number: octal text, or base-256 when the top bit is set."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header (``"<len> path=<name>\\n"`` records)."""
+    for record in data.decode("utf-8", "replace").split("\n"):
+        _, _, field = record.partition(" ")
+        if field.startswith("path="):
+            return field[5:]
+    return None
+
+
+def members(path: str) -> Iterator[tuple[str, int, int]]:
+    """``(name, data offset, size)`` of each regular file in a tar, from its headers.
+
+    A damaged header or a member that runs past the end of the file raises
+    :class:`DataError` naming the byte where it starts.
+    """
+    end, pos, long_name = os.path.getsize(path), 0, None
+    while pos + BLOCK <= end:
+        header = pread(path, pos, BLOCK)
+        if header.count(0) == BLOCK:
+            return  # the end-of-archive blocks
+        if _number(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+            raise DataError(f"{path}: damaged tar header at byte {pos}")
+        size, kind = _number(header[124:136]), header[156:157]
+        data = pos + BLOCK
+        if data + size > end:
+            raise DataError(f"{path}: truncated tar member at byte {pos}")
+        if kind in (b"L", b"x"):  # the next member's name: GNU long name or pax header
+            raw = pread(path, data, size)
+            long_name = raw.rstrip(b"\0").decode() if kind == b"L" else _pax_path(raw)
+        elif kind in (b"0", b"\0", b"7"):
+            name = long_name or _name(header)
+            long_name = None
+            yield name, data, size
+        pos = data + -(-size // BLOCK) * BLOCK
+
+
+def _name(header: bytes) -> str:
+    name = header[:100].split(b"\0", 1)[0].decode()
+    prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def samples(path: str) -> Iterator[dict]:
+    """Samples of a local tar shard as WebDataset groups them, with :class:`Member` values
+    (``__key__``, ``__url__`` and lower-case extensions as keys)."""
+    current: dict = {}
+    for name, offset, size in members(path):
+        match = _KEY.match(name)
+        if match is None or _META.search(name) or os.path.basename(name).startswith("."):
+            continue
+        key, ext = match.group(1), match.group(2).lower()
+        if current and current["__key__"] != key:
+            yield current
+            current = {}
+        if not current:
+            current = {"__key__": key, "__url__": path}
+        if ext in current:
+            raise DataError(f"{path}: duplicate member {name} in sample {key}")
+        current[ext] = Member(path, offset, size)
+    if current:
+        yield current
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a file this module can read (not ``pipe:``, ``http:``, ...)."""
+    return ":" not in url.split("/")[0] and os.path.isfile(url)
+
+
+def read_shards(sources: Iterator[dict], handler=warn_once_per_shard) -> Iterator[dict]:
+    """``{"url": ...}`` -> the shards' samples. Local tars are indexed from their headers and
+    read by offset (:mod:`diffdenoise.tarindex`); other URLs go through WebDataset. Damage
+    ends the shard with one warning from ``handler``, as WebDataset's handlers do."""
+    for source in sources:
+        url = source["url"]
+        if not is_local(url):
+            yield from wds.tarfile_to_samples(handler=handler)(iter([source]))
+            continue
+        try:
+            yield from samples(url)
+        except (DataError, OSError) as err:
+            damage = DataError(str(err).removeprefix(f"{url}: "), url)
+            if not handler(damage):
+                raise damage from None

@@ -1,0 +1,139 @@
+"""The by-offset tar reader gives WebDataset's samples and reads only what is sliced."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from diffdenoise import audio, data, tarindex
+from diffdenoise.shards import DataError
+from tests.helpers import make_shards
+
+
+def wds_samples(url):
+    return list(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))
+
+
+def as_bytes(sample):
+    return {k: v if k.startswith("__") else bytes(v) for k, v in sample.items()}
+
+
+@pytest.mark.parametrize("fmt", ["flac", "pcm16"])
+def test_samples_equal_webdatasets(tmp_path, fmt):
+    shards = make_shards(tmp_path, n=6, extra=["--format", fmt])
+    for url in sorted(map(str, shards.glob("*.tar"))):
+        ours = [as_bytes(s) for s in tarindex.samples(url)]
+        assert ours and ours == wds_samples(url)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_names_and_skipped_members_group_as_webdataset_does(tmp_path, fmt):
+    path = tmp_path / "long.tar"
+    long_key = "d/" + "x" * 150 + "/utt"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE  # a directory entry is not a member
+        tar.addfile(folder)
+        for name, payload in [
+            (f"{long_key}.wav", b"RIFF-ish"),
+            (f"{long_key}.JSON", b"{}"),
+            ("__meta__.txt", b"skipped"),
+            ("b.flac", b"f" * 700),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    ours = [as_bytes(s) for s in tarindex.samples(str(path))]
+    assert ours == wds_samples(str(path))
+    assert ours[0]["__key__"] == long_key and ours[0]["json"] == b"{}"
+    assert [sorted(s) for s in ours[1:]] == [
+        ["__key__", "__url__", "txt"],
+        ["__key__", "__url__", "flac"],
+    ]
+    assert ours[2]["flac"] == b"f" * 700
+
+
+def test_member_slices_like_bytes_and_reads_only_the_slice(tmp_path):
+    payload = bytes(range(256)) * 40
+    path = tmp_path / "one.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("k.wav")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    (member,) = [s["wav"] for s in tarindex.samples(str(path))]
+    assert len(member) == len(payload) and bytes(member) == payload
+    for a, b in [(0, 4), (8, 12), (100, 300), (5000, 6000), (10200, 99999), (7, 7)]:
+        assert member[a:b] == payload[a:b]
+    stats = tarindex.read_stats()
+    member[2000:2100]
+    assert tarindex.read_stats()[1] - stats[1] == 100  # bytes read from disk
+
+
+def test_wav_crops_from_members_equal_crops_from_bytes(tmp_path):
+    shards = make_shards(tmp_path, n=4, extra=["--format", "pcm16"])
+    url = str(sorted(shards.glob("train-*.tar"))[0])
+    for ours, theirs in zip(tarindex.samples(url), wds_samples(url)):
+        lazy, whole = audio.Encoded(ours["wav"]), audio.Encoded(theirs["wav"])
+        assert lazy.frames == whole.frames > 0
+        np.testing.assert_array_equal(
+            lazy.read(37, 500, keep_int16=True), whole.read(37, 500, keep_int16=True)
+        )
+        np.testing.assert_array_equal(lazy.read(5), whole.read(5))
+
+
+def damaged_copies(tmp_path):
+    """A copy of a shard with its second header garbled, and one cut mid-member."""
+    shards = make_shards(tmp_path, n=4)
+    src = sorted(shards.glob("train-*.tar"))[0]
+    with tarfile.open(src) as tar:
+        second = tar.getmembers()[1]
+    raw = bytearray(src.read_bytes())
+    raw[second.offset + 10] ^= 0xFF
+    garbled = tmp_path / "garbled.tar"
+    garbled.write_bytes(bytes(raw))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(src.read_bytes()[: second.offset_data + 10])
+    return src, garbled, cut, second.offset
+
+
+def test_damage_names_the_byte_and_keeps_what_came_before(tmp_path):
+    src, garbled, cut, offset = damaged_copies(tmp_path)
+    first = next(tarindex.samples(str(src)))
+    with pytest.raises(DataError, match=f"damaged tar header at byte {offset}"):
+        list(tarindex.members(str(garbled)))
+    with pytest.raises(DataError, match=f"truncated tar member at byte {offset}"):
+        list(tarindex.members(str(cut)))
+    with pytest.warns(UserWarning) as caught:
+        got = list(tarindex.read_shards([{"url": str(garbled)}, {"url": str(src)}]))
+    (warning,) = [str(w.message) for w in caught]
+    assert warning.startswith(f"{garbled}: DataError: damaged tar header at byte {offset}")
+    # the garbled header is the first sample's second member: that sample is dropped whole
+    assert [as_bytes(s) for s in got] == [as_bytes(s) for s in tarindex.samples(str(src))]
+    assert as_bytes(first) == as_bytes(got[0])
+
+
+def test_remote_urls_go_through_webdataset(tmp_path):
+    shards = make_shards(tmp_path, n=4)
+    url = str(sorted(shards.glob("train-*.tar"))[0])
+    piped = list(tarindex.read_shards([{"url": f"pipe:cat {url}"}]))
+    local = list(tarindex.read_shards([{"url": url}]))
+    assert [s["__key__"] for s in piped] == [s["__key__"] for s in local]
+    assert all(isinstance(s["flac"], bytes) for s in piped)
+    assert all(isinstance(s["flac"], tarindex.Member) for s in local)
+
+
+def test_loader_batches_are_int16_for_16_bit_shards(tmp_path):
+    shards = make_shards(tmp_path, n=6, extra=["--format", "pcm16"])
+    mixer = data.Mixer({"gaussian": 1}, 0, 10, 0, 0, "random", 10, 0)
+    stream = data.TrainStream(
+        data.expand_urls(str(shards / "train-*.tar")), segment=8000, sample_rate=16000,
+        batch_size=2, batches=1, mixer=mixer, seed=0, rank=0, world_size=1, shuffle_buffer=4,
+    )  # fmt: skip
+    batch = next(iter(stream))
+    assert batch["clean"].dtype == torch.int16
+    rendered = data.render(batch, "cpu")
+    assert rendered["clean"].dtype.is_floating_point
+    assert rendered["clean"].abs().max() <= 1.0
