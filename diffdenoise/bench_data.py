@@ -67,8 +67,9 @@ def bench_formats(work: Path) -> list[dict]:
     share = rates["flac"] / limit
     b8 = row(
         "B8", "loader: audio-s/s per worker, pcm16 shards (48 kHz, default.yaml's 2 s crops; "
-        "noise mixed on the device)", round(rates["pcm16"]), ">= 4000; FLAC loader >= 80 % of the FLAC-decode "
-        "limit", rates["pcm16"] >= 4000 and share >= 0.8, flac_loader=round(rates["flac"]),
+        "noise mixed on the device)", round(rates["pcm16"]),
+        ">= 4000; FLAC loader >= 80 % of the FLAC-decode limit",
+        rates["pcm16"] >= 4000 and share >= 0.8, flac_loader=round(rates["flac"]),
         flac_decode_limit=round(limit), flac_share_of_limit=round(share, 2),
     )  # fmt: skip
     sizes = {}

@@ -214,13 +214,18 @@ def workers_for(setting: int | str) -> int:
     return max(1, (cores or 1) // max(local, 1) - 1)
 
 
-def train_loader(dataset: TrainStream, num_workers: int | str) -> DataLoader:
-    """A DataLoader over a :class:`TrainStream`; do NOT pass it to ``accelerate.prepare``."""
+def train_loader(dataset: TrainStream, num_workers: int | str, pin_memory=False) -> DataLoader:
+    """A DataLoader over a :class:`TrainStream`; do NOT pass it to ``accelerate.prepare``.
+
+    ``pin_memory`` (for a CUDA device) lets :func:`render`'s ``non_blocking`` copies
+    overlap the step instead of waiting on a pageable buffer.
+    """
     num_workers = workers_for(num_workers)
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched for resume
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,

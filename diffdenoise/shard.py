@@ -24,15 +24,15 @@ import multiprocessing
 import os
 import shlex
 import sys
-import tarfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from diffdenoise import audio
-from diffdenoise.manifest import MANIFEST, merge, sha256_of, verify_main, write_json_atomic
+from diffdenoise import audio, shardwriter
+from diffdenoise.manifest import MANIFEST, merge, verify_main, write_json_atomic
 from diffdenoise.progress import progress
 
 SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
@@ -134,57 +134,29 @@ def _load_partner(rel: str, noisy_root: Path, rate: int, length: int, target: in
     return noisy
 
 
-class ShardSink:
-    """Writes samples into size-capped tar shards, each under a temp name until complete."""
-
-    def __init__(self, out: Path, prefix: str, shard_bytes: int, rate: int):
-        self.out, self.prefix, self.shard_bytes, self.rate = out, prefix, shard_bytes, rate
-        self.shards: list[dict] = []
-        self.tar = None
-
-    def add(self, key: str, entry: dict, seconds: float) -> None:
-        if self.tar is None:
-            self._open()
-        for ext, data in entry.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o444
-            info.uname = info.gname = "diffdenoise"
-            self.tar.addfile(info, _BytesReader(data))
-        self.current["samples"] += 1
-        self.current["seconds"] += seconds
-        if self.fileobj.tell() >= self.shard_bytes:
-            self.close()
-
-    def _open(self) -> None:
-        name = f"{self.prefix}-{len(self.shards):06d}.tar"
-        self.tmp = self.out / f".{name}.tmp"
-        self.fileobj = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.fileobj, mode="w", format=tarfile.USTAR_FORMAT)
-        self.current = {"file": name, "samples": 0, "seconds": 0.0}
-
-    def close(self) -> None:
-        if self.tar is None:
-            return
-        self.tar.close()
-        self.fileobj.flush()
-        os.fsync(self.fileobj.fileno())
-        self.fileobj.close()
-        self.current["seconds"] = round(self.current["seconds"], 6)
-        self.current["sha256"] = sha256_of(self.tmp)
-        self.current["bytes"] = self.tmp.stat().st_size
-        os.replace(self.tmp, self.out / self.current["file"])
-        self.shards.append(self.current)
-        self.tar = None
+def encode_to_spool(job: tuple, spool: Path) -> FileResult:
+    """:func:`process` one file in a worker and write its samples' tar blocks to ``spool``;
+    the result's samples become ``(key, seconds, bytes)``: all the main process needs."""
+    result = process(job)
+    if result.samples:
+        sizes = shardwriter.spool(spool, result.samples)
+        result.samples = [
+            (key, json.loads(entry["json"])["duration"], size)
+            for (key, entry), size in zip(result.samples, sizes)
+        ]
+    return result
 
 
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
-        return chunk
+def in_order(run, fn, tasks, window: int):
+    """``fn(*task)`` for each task through ``run``, results in order, at most ``window`` in
+    flight: shard assembly submitted meanwhile waits behind a few files, not all of them."""
+    pending = deque()
+    for task in tasks:
+        pending.append(run(fn, task))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _init_worker() -> None:
@@ -210,31 +182,49 @@ def pack(args: argparse.Namespace) -> dict:
     files = files[part * len(files) // parts : (part + 1) * len(files) // parts]
     opt = Options(args.sample_rate, args.max_seconds, args.min_seconds, args.format, args.kind)
     tag = f"-p{part:05d}" if parts > 1 else ""
-    sinks = {
-        s: ShardSink(out, f"{s}{tag}", int(args.shard_mb * 1e6), opt.sample_rate)
-        for s in ("train", "val")
-    }
     jobs = [(rel, root, noisy_root, opt, split_of(rel, args.val_fraction)) for rel in files]
-    hours = 0.0
-    with _pool(args.workers) as pool, progress(len(jobs), args.name, "file") as bar:
-        results = pool.imap(process, jobs, chunksize=1) if pool else map(process, jobs)
-        for res in results:
-            if res.skipped:
-                skipped.append({"path": res.rel, "reason": res.skipped})
-                tqdm.write(f"skipped {root / res.rel}: {res.skipped}", file=sys.stderr)
-            for key, entry in res.samples:
-                meta = json.loads(entry["json"])
-                sinks[res.split].add(key, entry, meta["duration"])
-            hours += res.seconds / 3600
-            bar.set_postfix(audio_h=f"{hours:.2f}")
-            bar.update()
-    for sink in sinks.values():
-        sink.close()
-    manifest = _manifest(args, sinks, skipped, len(files), part, parts)
+    layouts = write_shards(jobs, out, tag, args, skipped)
+    manifest = _manifest(args, layouts, skipped, len(files), part, parts)
     _remove_stale(out, f"{tag}-", manifest)
     name = MANIFEST if parts == 1 else f"manifest.part-{part:05d}-of-{parts:05d}.json"
     write_json_atomic(out / name, manifest)
     return manifest
+
+
+def write_shards(jobs: list, out: Path, tag: str, args, skipped: list) -> dict:
+    """Encode ``jobs`` in the workers, which also write the shards; returns the splits'
+    :class:`~diffdenoise.shardwriter.ShardLayout` and adds skipped files to ``skipped``."""
+    spools = shardwriter.SpoolFiles(out / f".spool{tag}")
+    with _pool(args.workers) as pool, progress(len(jobs), args.name, "file") as bar:
+        run = pool.apply_async if pool else (lambda fn, a: shardwriter.Done(fn(*a)))
+        layouts = {
+            s: shardwriter.ShardLayout(out, f"{s}{tag}", int(args.shard_mb * 1e6), run, spools)
+            for s in ("train", "val")
+        }
+        tasks = ((job, spools.path(i)) for i, job in enumerate(jobs))
+        hours = 0.0
+        for i, res in enumerate(in_order(run, encode_to_spool, tasks, 2 * max(args.workers, 1))):
+            if res.skipped:
+                skipped.append({"path": res.rel, "reason": res.skipped})
+                tqdm.write(f"skipped {Path(args.input) / res.rel}: {res.skipped}", file=sys.stderr)
+            _lay_out(layouts[res.split], res.samples, str(spools.path(i)))
+            hours += res.seconds / 3600
+            bar.set_postfix(audio_h=f"{hours:.2f}")
+            bar.update()
+        for layout in layouts.values():
+            layout.close()
+            layout.collect(wait=True)
+    spools.remove()
+    return layouts
+
+
+def _lay_out(layout: shardwriter.ShardLayout, samples: list, spool: str) -> None:
+    offset = 0
+    for key, seconds, size in samples:
+        layout.add(key, (spool, offset, size), seconds)
+        offset += size
+    layout.spools.laid_out(spool)
+    layout.collect()
 
 
 def _pool(workers: int):

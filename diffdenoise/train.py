@@ -88,6 +88,8 @@ def build_data(cfg, rank: int, world: int, device):
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
     stats["render"] = partial(data.render, device=device, bank=bank)
 
+    pinned = torch.device(device).type == "cuda"
+
     def train_batches(start_batch: int):
         """Batches from global batch index ``start_batch`` on, across epochs, forever."""
         epoch, skip = divmod(start_batch, per_epoch)
@@ -106,7 +108,7 @@ def build_data(cfg, rank: int, world: int, device):
                 skip_batches=skip,
                 shuffle_buffer=cfg.data.shuffle_buffer,
             )
-            yield from data.train_loader(stream, cfg.data.num_workers)
+            yield from data.train_loader(stream, cfg.data.num_workers, pinned)
             epoch, skip = epoch + 1, 0
 
     def val_batches():

@@ -1,3 +1,4 @@
+import io
 import json
 import subprocess
 import sys
@@ -95,10 +96,26 @@ def test_manifest_fields_and_shard_checksums(tmp_path):
 
 def test_output_identical_for_any_worker_count(tmp_path):
     src = make_corpus(tmp_path / "gt", n=6)
-    run(src, "--name", "a", "--out", tmp_path / "s", "--workers", "1", "--shard-mb", "0.1")
-    run(src, "--name", "b", "--out", tmp_path / "s", "--workers", "2", "--shard-mb", "0.1")
-    a, b = shard_bytes(tmp_path / "s" / "a"), shard_bytes(tmp_path / "s" / "b")
-    assert a and a == b
+    outs = []
+    for workers in (1, 2, 3):
+        name = f"w{workers}"
+        args = ["--workers", workers, "--shard-mb", "0.05", "--max-seconds", "1"]
+        run(src, "--name", name, "--out", tmp_path / "s", *args)  # files straddle shards
+        outs.append(shard_bytes(tmp_path / "s" / name))
+        assert not list((tmp_path / "s" / name).glob(".*"))  # no spool or temp file is left
+    assert len(outs[0]) > 3 and outs[0] == outs[1] == outs[2]
+
+
+def test_shards_are_the_tars_tarfile_writes(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=4)
+    run(src, "--name", "a", "--out", tmp_path / "s", "--workers", "2", "--shard-mb", "0.1")
+    for path in sorted((tmp_path / "s" / "a").glob("*.tar")):
+        again = io.BytesIO()
+        with tarfile.open(path) as tin, tarfile.open(fileobj=again, mode="w") as tout:
+            tout.format = tarfile.USTAR_FORMAT
+            for member in tin:
+                tout.addfile(member, tin.extractfile(member))
+        assert path.read_bytes() == again.getvalue()
 
 
 def test_missing_input_folder_exits_2(tmp_path):
@@ -135,7 +152,7 @@ def test_interrupted_run_leaves_nothing_complete_looking_and_rerun_finishes(tmp_
     assert run(*args) == 0
     run(src, "--name", "ref", "--out", tmp_path / "s", "--shard-mb", "0.05")
     assert shard_bytes(out) == shard_bytes(tmp_path / "s" / "ref")
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")) and not (out / ".spool").exists()
 
 
 def test_paired_mode(tmp_path):
