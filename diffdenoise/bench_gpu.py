@@ -25,7 +25,7 @@ import torch
 from diffdenoise import config, demo_data, shard
 from diffdenoise.bench import _quiet, row
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.model import build_model, gflops_per_second
+from diffdenoise.model import build_model, gflops_per_second, model_for
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -67,7 +67,7 @@ def train_run(work, shards, name, compiled, steps, extra=()) -> dict:
     windows = [json.loads(x) for x in lines if "train/audio_s_per_s" in x][2:]  # warmed up
     speed = statistics.median(w["train/audio_s_per_s"] for w in windows)
     cfg = config.load([cfg_file], list(extra))
-    gflops = gflops_per_second(build_model(cfg.model, cfg.data.sample_rate), cfg.data.sample_rate)
+    gflops = gflops_per_second(model_for(cfg), cfg.data.sample_rate)
     achieved = 3 * gflops * speed / 1e3  # forward + backward: about 3x the forward
     peak = peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     return {

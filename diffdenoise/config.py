@@ -83,6 +83,16 @@ class ModelConfig:
     output: str = "residual"
     normalize: bool = True
     time_dim: int = 64
+    spectral_norm: bool = False
+
+
+@dataclass
+class DiffusionConfig:
+    objective: str = "predictive"
+    sigma: float = 0.5
+    t_min: float = 0.0
+    t_max: float = 1.0
+    steps: int = 1
 
 
 @dataclass
@@ -158,6 +168,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -171,6 +182,7 @@ CHOICES = {
     "model.family": ("unet", "spectral"),
     "model.skip_mode": ("add", "concat"),
     "model.output": ("direct", "residual", "mask"),
+    "diffusion.objective": ("predictive", "bridge"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
@@ -205,6 +217,9 @@ RANGES = {
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
     ),
     "optim.lr": POSITIVE,
+    "diffusion.sigma": AT_LEAST_0,
+    **dict.fromkeys(["diffusion.t_min", "diffusion.t_max"], SHARE),
+    "diffusion.steps": AT_LEAST_1,
     "train.sync_every": AT_LEAST_1,
     **dict.fromkeys(["optim.weight_decay", "optim.max_grad_norm"], AT_LEAST_0),
     **dict.fromkeys(["optim.beta1", "optim.beta2", "schedule.warmup_pct"], (0, 1, True, False)),
@@ -322,6 +337,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"'train.val_metrics' has '{name}'; choose from {', '.join(METRICS)}")
     if cfg.noise.snr_min > cfg.noise.snr_max:
         raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")
+    if cfg.diffusion.t_min > cfg.diffusion.t_max:
+        raise ConfigError("'diffusion.t_min' must not exceed 'diffusion.t_max'")
     for key in ("widths", "kernel_sizes", "strides"):
         values = cfg.model[key]
         if len(values) not in (0, cfg.model.depth):

@@ -108,7 +108,7 @@ def collate(examples: list[tuple]) -> dict:
         "clean": stack(clean),
         "noisy": noisy,
         "plan": plan,
-        "t": torch.tensor([p["t"] for p in plans], dtype=torch.long),
+        "t": torch.tensor([p["t"] for p in plans]),  # int steps, or a bridge's float t
         "snr": plan["snr"],
         "keys": list(keys),
         "urls": list(urls),
@@ -244,6 +244,7 @@ def val_batches(
     max_samples: int = 0,
     device="cpu",
     bank: NoiseBank | None = None,
+    objective=None,
 ):
     """Deterministic validation batches for one rank, mixed on ``device``: its round-robin
     share of the set.
@@ -270,7 +271,7 @@ def val_batches(
         plan = mixer.plan(rng, clean.shape[0], stored is not None, train=False)
         examples.append((clean, stored, plan, sample["__key__"], sample["__url__"]))
         if len(examples) == batch_size:
-            yield render(collate(examples), device, bank)
+            yield render(collate(examples), device, bank, objective)
             examples = []
     if examples:
-        yield render(collate(examples), device, bank)
+        yield render(collate(examples), device, bank, objective)

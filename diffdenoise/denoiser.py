@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch
 
 from diffdenoise import audio, config
 from diffdenoise.checkpoint import CheckpointError, load_best
+from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.files import atomic_path
-from diffdenoise.model import build_model
+from diffdenoise.model import model_for
 from diffdenoise.stream import overlap_add, resample_stream, resampled_length
 
 MODES = ("overlap", "seed")
@@ -33,6 +35,10 @@ class Denoiser:
     ``batch_size`` segments per model call (default 4 on a CPU, 32 on a GPU).
     ``mode="seed"``: the original's non-overlapping 1 s segments from t = 0, zero-padded
     at the end and concatenated, kept for comparison.
+
+    A bridge model (``objective``, see :mod:`diffdenoise.diffusion`) is sampled in
+    ``steps`` network calls per segment; its noise is drawn from ``seed`` and the
+    segment's position and channel, so the output is the same for any batching.
     """
 
     def __init__(
@@ -48,6 +54,9 @@ class Denoiser:
         device: str | torch.device = "cpu",
         precision: str = "no",
         mode: str = "overlap",
+        objective: Predictive | Bridge | None = None,
+        steps: int = 1,
+        seed: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
@@ -58,6 +67,12 @@ class Denoiser:
         self.sample_rate = sample_rate
         self.timestep = timestep
         self.mode = mode
+        self.objective, self.steps, self.seed = objective or Predictive(), steps, seed
+        if steps < 1 or (steps > 1 and not self.objective.conditioned):
+            raise ValueError(
+                f"--steps {steps}: a predictive model takes exactly 1 step; more need a model "
+                "trained with diffusion.objective=bridge"
+            )
         # a CPU gains no speed from big batches (make bench, B4) but holds their activations
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.segment = max(1, round(segment * sample_rate))
@@ -77,7 +92,7 @@ class Denoiser:
             cfg = config.from_plain(payload["config"])
         except (KeyError, config.ConfigError) as err:
             raise CheckpointError(f"{path}: checkpoint config is unusable ({err})") from None
-        model = build_model(cfg.model, cfg.data.sample_rate)
+        model = model_for(cfg)
         try:
             model.load_state_dict(payload["ema_model" if ema else "model"])
         except (KeyError, RuntimeError) as err:
@@ -87,6 +102,8 @@ class Denoiser:
             ) from None
         options.setdefault("segment", cfg.data.segment / cfg.data.sample_rate)
         options.setdefault("timestep", cfg.noise.infer_timestep)
+        options.setdefault("steps", cfg.diffusion.steps)
+        options["objective"] = objective_of(cfg.diffusion)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, cfg.data.sample_rate, device=device, **options)
 
@@ -129,8 +146,9 @@ class Denoiser:
                 yield block
 
     @torch.inference_mode()
-    def process(self, rows: np.ndarray) -> np.ndarray:
-        """``(rows, time)`` noisy segments at the model rate -> denoised, same shape."""
+    def process(self, rows: np.ndarray, keys: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """``(rows, time)`` noisy segments at the model rate -> denoised, same shape;
+        ``keys``: each row's ``(segment start, channel)``, which seed a sampler's noise."""
         x = torch.from_numpy(rows).to(self.device)[:, None]
         t = torch.full((x.shape[0],), float(self.timestep), device=self.device)
         autocast = (
@@ -139,8 +157,21 @@ class Denoiser:
             else contextlib.nullcontext()
         )
         with autocast:
-            y = self.model(x, t)
+            if self.objective.conditioned:
+                keys = keys or [(i, 0) for i in range(len(rows))]
+                normal = partial(self._normal, keys, rows.shape[-1])
+                y = self.objective.sample(self.model, x, steps=self.steps, normal=normal)
+            else:
+                y = self.model(x, t)
         return y[:, 0].float().cpu().numpy()
+
+    def _normal(self, keys: list[tuple[int, int]], length: int, step: int) -> torch.Tensor:
+        """The sampler's N(0, I) draw for ``step``: one seeded row per segment key."""
+        rows = [
+            np.random.default_rng([self.seed, start, channel, step]).standard_normal(length)
+            for start, channel in keys
+        ]
+        return torch.from_numpy(np.stack(rows).astype(np.float32))[:, None].to(self.device)
 
     def denoise_file(
         self,

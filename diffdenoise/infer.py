@@ -137,12 +137,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no", help="GPU only")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     p.add_argument("--plot", action="store_true", help="also write <name>_denoised.png")
+    p.add_argument(
+        "--steps", type=int, help="sampler steps of a bridge model: N network calls per "
+        "segment (default: the checkpoint's diffusion.steps)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="a bridge sampler's noise seed (0)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"overlap": args.overlap, "context": args.context, "batch_size": args.batch_size}
+    options["seed"] = args.seed
+    if args.steps is not None:
+        options["steps"] = args.steps
     if args.segment:
         options["segment"] = args.segment
     try:

@@ -31,6 +31,7 @@ class Mixer:
         clean_prob: float = 0.0,
         eq_db: float = 0.0,
         second_prob: float = 0.0,
+        bridge_t: tuple[float, float] | None = None,
     ):
         unknown = sorted(set(weights) - set(KINDS))
         if unknown:
@@ -44,6 +45,7 @@ class Mixer:
         self.timestep, self.timesteps, self.infer_timestep = timestep, timesteps, infer_timestep
         self.clean_prob, self.eq_db, self.second_prob = clean_prob, eq_db, second_prob
         self.bank_lengths = bank_lengths
+        self.bridge_t = bridge_t  # a bridge objective: t in this range, and a seed for z
 
     def plan(self, rng: np.random.Generator, n: int, stored: bool = False, train=True) -> dict:
         """One example's plan for an ``n``-sample crop; ``snr`` is inf for a clean copy.
@@ -62,6 +64,11 @@ class Mixer:
                 sources[1] = self._source(rng, n)
             snr = float(rng.uniform(*self.snr))
         gain_db = float(rng.uniform(*self.gain_db))
+        if self.bridge_t is not None:  # validation: t = 1, the one-call estimate
+            t = float(rng.uniform(*self.bridge_t)) if train else 1.0
+            z_seed = int(rng.integers(SEED_RANGE)) if train else 0
+            return {"sources": sources, "level": level, "snr": snr, "gain_db": gain_db,
+                    "stored": stored, "t": t, "z_seed": z_seed}  # fmt: skip
         t = int(rng.integers(0, self.timesteps)) if train and self.timestep == "random" else None
         return {
             "sources": sources,
@@ -101,7 +108,11 @@ def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
     """Plans of a batch -> tensors (``(batch, SOURCES)`` per source field)."""
     fields = list(zip(*(zip(*p["sources"]) for p in plans)))  # field -> examples -> sources
     kind, seed, clip, start, eq, sign = fields
+    bridge = {}
+    if "z_seed" in plans[0]:
+        bridge = {"z_seed": torch.tensor([p["z_seed"] for p in plans], dtype=torch.long)}
     return {
+        **bridge,
         "kind": torch.tensor(kind, dtype=torch.long),
         "seed": torch.tensor(seed, dtype=torch.long),
         "clip": torch.tensor(clip, dtype=torch.long),

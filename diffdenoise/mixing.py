@@ -100,9 +100,9 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     batch = plan["kind"].shape[0]
     waves = torch.zeros(batch * SOURCES, length, device=device)
     seeds = plan["seed"].cpu().flatten().tolist()
-    for r in rows[kinds[rows] != CORPUS].tolist():
-        g = torch.Generator(device=device).manual_seed(seeds[r])
-        waves[r] = torch.randn(length, generator=g, device=device)
+    white = rows[kinds[rows] != CORPUS].tolist()
+    if white:
+        waves[white] = seeded_normal([seeds[r] for r in white], length, device)
     if len(corpus):
         if bank is None:
             raise DataError("noise.weights.corpus needs data.noise_shards")
@@ -126,11 +126,22 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     return waves[:, 0] + level[:, None] * waves[:, 1]
 
 
-def render(batch: dict, device, bank: NoiseBank | None = None) -> dict:
+def seeded_normal(seeds: list[int], length: int, device) -> torch.Tensor:
+    """``(len(seeds), length)`` N(0, 1) rows, each from its own seeded generator."""
+    rows = []
+    for seed in seeds:
+        g = torch.Generator(device=device).manual_seed(seed)
+        rows.append(torch.randn(length, generator=g, device=device))
+    return torch.stack(rows)
+
+
+def render(batch: dict, device, bank: NoiseBank | None = None, objective=None) -> dict:
     """A loader batch of clean crops and plans -> the same batch with ``noisy``, ``clean``
     and ``t`` on ``device`` (``(batch, 1, time)``; ``t``: ``(batch,)``).
 
     Examples with a stored noisy twin (paired shards) keep it; the rest are mixed here.
+    A bridge ``objective`` adds ``state``, the ``x_t`` between clean and noisy at each
+    example's ``t``, with its seeded ``z``.
     """
     clean = as_float(batch["clean"].to(device, non_blocking=True)[:, 0])
     plan = batch["plan"]
@@ -143,7 +154,11 @@ def render(batch: dict, device, bank: NoiseBank | None = None) -> dict:
         twin = twin * (10 ** (gain / 20))[:, None]
         noisy = torch.where(stored, twin, noisy)
     t = batch["t"].to(device, non_blocking=True)
-    return {**batch, "noisy": noisy[:, None], "clean": clean_out[:, None], "t": t}
+    out = {**batch, "noisy": noisy[:, None], "clean": clean_out[:, None], "t": t}
+    if getattr(objective, "conditioned", False):
+        z = seeded_normal(plan["z_seed"].tolist(), clean.shape[-1], device)[:, None]
+        out["state"] = objective.corrupt(out["clean"], out["noisy"], t, z)
+    return out
 
 
 def as_float(wave: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,10 @@ class AudioDiffusionModel(nn.Module):
         output: str = "residual",
         normalize: bool = True,
         time_dim: int = 64,
+        conditioned: bool = False,
     ):
         super().__init__()
+        self.conditioned = conditioned
         self.widths = list(widths) or [
             min(round(channels * growth**i), max_channels) for i in range(depth)
         ]
@@ -93,7 +95,7 @@ class AudioDiffusionModel(nn.Module):
         )
         self.encoder, self.decoder = nn.ModuleList(), nn.ModuleList()
         self.enc_film, self.dec_film = nn.ModuleList(), nn.ModuleList()
-        c_in = 1
+        c_in = 2 if conditioned else 1  # a bridge model also sees the noisy input
         for i, (w, k, s) in enumerate(zip(self.widths, self.kernels, self.strides)):
             self.encoder.append(self._down(c_in, w, k, s, dropout))
             last = i == 0
@@ -136,25 +138,30 @@ class AudioDiffusionModel(nn.Module):
             n = (n - 1) * s + k
         return max(n, length)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond=None) -> torch.Tensor:
         """Denoise a batch.
 
         Args:
-            x: ``(batch, 1, time)`` noisy waveform, any ``time >= 1``.
+            x: ``(batch, 1, time)`` noisy waveform (a bridge model: the state ``x_t``),
+                any ``time >= 1``.
             t: ``(batch,)`` timesteps; ``None`` means t = 0 (inference).
+            cond: a bridge model's ``(batch, 1, time)`` noisy input; its level sets the
+                normalisation, so every step of a sampler is scaled alike.
         Returns:
             ``(batch, 1, time)`` estimate of the clean waveform.
         """
-        if x.dim() != 3 or x.shape[1] != 1:
-            raise ValueError(f"expected input of shape (batch, 1, time), got {tuple(x.shape)}")
+        check_input(x, cond, self.conditioned)
         length = x.shape[-1]
         if t is None:
             t = torch.zeros(x.shape[0], device=x.device)
         emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
-        std = x.std(dim=-1, keepdim=True) if length > 1 else x.abs()
+        ref = x if cond is None else cond
+        std = ref.std(dim=-1, keepdim=True) if length > 1 else ref.abs()
         scale = (1e-3 + std) if self.normalize else torch.ones_like(std)
         h = F.pad(x / scale, (0, self.valid_length(length) - length))
         inp = h
+        if cond is not None:
+            h = torch.cat([h, F.pad(cond / scale, (0, h.shape[-1] - length))], dim=1)
         skips = []
         for i, layer in enumerate(self.encoder):
             h = layer(h)
@@ -180,19 +187,56 @@ class AudioDiffusionModel(nn.Module):
         return h
 
 
-def build_model(cfg_model, sample_rate: int) -> nn.Module:
+def check_input(x: torch.Tensor, cond, conditioned: bool) -> None:
+    """One-line errors for inputs a model cannot take."""
+    if x.dim() != 3 or x.shape[1] != 1:
+        raise ValueError(f"expected input of shape (batch, 1, time), got {tuple(x.shape)}")
+    if conditioned and (cond is None or cond.shape != x.shape):
+        got = None if cond is None else tuple(cond.shape)
+        raise ValueError(f"a bridge model needs cond (the noisy input) shaped like x; got {got}")
+    if not conditioned and cond is not None:
+        raise ValueError("this model was built for diffusion.objective=predictive: no cond")
+
+
+def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Module:
     """The one place a config turns into a model.
 
     ``model.family: unet`` gives ``AudioDiffusionModel(**cfg.model)``; ``spectral`` gives a
     :class:`~diffdenoise.spectral.SpectralMaskModel` whose STFT is sized for ``sample_rate``.
+    ``conditioned`` (a bridge objective) adds the noisy input beside the state.
+    ``model.spectral_norm`` wraps the convolutions (:func:`apply_spectral_norm`).
     """
     from diffdenoise.spectral import SpectralMaskModel  # it imports this module
 
     kwargs = dict(cfg_model)
     family, spectral = kwargs.pop("family", "unet"), kwargs.pop("spectral", {})
+    normed = kwargs.pop("spectral_norm", False)
     if family == "spectral":
-        return SpectralMaskModel(sample_rate, time_dim=kwargs["time_dim"], **dict(spectral))
-    return AudioDiffusionModel(**kwargs)
+        model = SpectralMaskModel(
+            sample_rate, time_dim=kwargs["time_dim"], conditioned=conditioned, **dict(spectral)
+        )
+    else:
+        model = AudioDiffusionModel(**kwargs, conditioned=conditioned)
+    return apply_spectral_norm(model) if normed else model
+
+
+def model_for(cfg) -> nn.Module:
+    """:func:`build_model` for a whole config (its model, rate and objective)."""
+    return build_model(cfg.model, cfg.data.sample_rate, cfg.diffusion.objective == "bridge")
+
+
+def apply_spectral_norm(model: nn.Module) -> nn.Module:
+    """Wrap every convolution's weight in spectral normalisation (largest singular value
+    1, by power iteration). Zero-initialised output layers are left alone: they make the
+    untrained network the identity (or the classical filter), and a zero matrix has no
+    direction to normalise."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)):
+            if module.weight.detach().abs().sum() == 0:
+                continue
+            dim = 1 if isinstance(module, nn.ConvTranspose1d) else 0
+            torch.nn.utils.parametrizations.spectral_norm(module, dim=dim)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -228,7 +272,8 @@ def gflops_per_second(model: nn.Module, sample_rate: int) -> float:
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 1, sample_rate))
+            x = torch.zeros(1, 1, sample_rate)
+            model.eval()(x, cond=x) if getattr(model, "conditioned", False) else model.eval()(x)
     finally:
         for h in handles:
             h.remove()

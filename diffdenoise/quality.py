@@ -27,7 +27,8 @@ import torch
 from diffdenoise import audio, config, evaluate, noise
 from diffdenoise.baseline import wiener
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.model import build_model
+from diffdenoise.diffusion import objective_of
+from diffdenoise.model import model_for
 from diffdenoise.quality_data import QualityData, prepare
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
@@ -99,11 +100,14 @@ def test_items(qd: QualityData) -> list[evaluate.Item]:
     return items
 
 
-def rtf_at_48k(files: list[str], seconds: float = 10.0) -> float:
+def rtf_at_48k(files: list[str], seconds: float = 10.0, steps: int = 1) -> float:
     """Inference real-time factor of the recipe in ``files`` at 48 kHz on this CPU."""
     cfg = config.load(files, ["data.sample_rate=48000"])
-    model = build_model(cfg.model, 48000)
-    denoiser = Denoiser(model, 48000, segment=cfg.data.segment / 48000)
+    model = model_for(cfg)
+    denoiser = Denoiser(
+        model, 48000, segment=cfg.data.segment / 48000,
+        objective=objective_of(cfg.diffusion), steps=steps,
+    )  # fmt: skip
     x = np.random.default_rng(0).standard_normal(int(48000 * seconds)).astype(np.float32)
     denoiser(x[:48000], 48000)  # warm-up
     times = []

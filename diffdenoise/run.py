@@ -18,8 +18,11 @@ import torch
 from accelerate import Accelerator
 
 from diffdenoise import checkpoint
+from diffdenoise.diffusion import Predictive
 
 RUN_NAME_SKIP = ("train.resume", "train.run_name", "train.runs_dir")
+
+MODEL_INPUTS = ("noisy", "clean", "t", "state")  # what an objective reads from a batch
 
 
 class RunDirError(ValueError):
@@ -138,7 +141,7 @@ class Tracker:
             if shown:
                 print(f"step {step}: {shown}", flush=True)
 
-    def log_media(self, model, batches, step: int) -> None:
+    def log_media(self, model, batches, step: int, objective=None) -> None:
         """Audio (noisy, denoised, clean) and a spectrogram image for a few val samples."""
         if not (self.enabled and self.acc.is_main_process):
             return
@@ -152,7 +155,8 @@ class Tracker:
         n = min(self.media_samples, batch["noisy"].shape[0])
         model.eval()
         with torch.no_grad():
-            out = model(batch["noisy"][:n].to(self.acc.device), batch["t"][:n].to(self.acc.device))
+            first = {k: v[:n].to(self.acc.device) for k, v in batch.items() if k in MODEL_INPUTS}
+            out = (objective or Predictive()).predict(model, first)
         model.train()
         rate, media = self.sample_rate, {}
         for i in range(n):

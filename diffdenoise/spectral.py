@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffdenoise.model import sinusoidal_embedding
+from diffdenoise.model import check_input, sinusoidal_embedding
 
 # Minimum statistics: the minimum of a smoothed periodogram underestimates the mean noise
 # power; this factor brings it back for stationary noise (measured on white noise with the
@@ -131,8 +131,11 @@ class SpectralMaskModel(nn.Module):
         local_channels: int = 0,
         correction_scale: float = 1.0,
         time_dim: int = 64,
+        conditioned: bool = False,
     ):
         super().__init__()
+        self.conditioned = conditioned
+        feats = 5 if conditioned else 4  # a bridge model also reads the noisy log spectrum
         self.n_fft = max(16, round(sample_rate * win_ms / 1000))
         self.hop = max(1, round(sample_rate * hop_ms / 1000))
         self.bins = self.n_fft // 2 + 1
@@ -140,7 +143,7 @@ class SpectralMaskModel(nn.Module):
         self.prior, self.time_dim = prior, time_dim
         self.correction_scale = correction_scale
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.inp = nn.Conv1d(4 * self.bins, hidden, context_frames, padding=context_frames // 2)
+        self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, 4 * time_dim), nn.SiLU(), nn.Linear(4 * time_dim, 2 * hidden)
@@ -150,7 +153,7 @@ class SpectralMaskModel(nn.Module):
         self.out = nn.Linear(hidden, self.bins)
         nn.init.zeros_(self.out.weight)  # untrained = the classical gain (or 0.5 without it)
         nn.init.zeros_(self.out.bias)
-        self.local = local_head(4, local_channels) if local_channels else None
+        self.local = local_head(feats, local_channels) if local_channels else None
 
     def stft(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> complex ``(batch, freq, frames)``."""
@@ -158,19 +161,24 @@ class SpectralMaskModel(nn.Module):
             x.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
         )
 
-    def gain(self, spec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Gain in ``[0, 1]`` for a complex ``(batch, freq, frames)`` spectrum."""
+    def gain(self, spec: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """Gain in ``[0, 1]`` for a complex ``(batch, freq, frames)`` spectrum (a bridge
+        model: the state's, with the noisy input's spectrum ``cond``)."""
         power = spec.real.square() + spec.imag.square()
         classical, log_snr = wiener_gain(power, self.window_frames)
         log_power = torch.log(power + 1e-10)
-        log_power = log_power - log_power.mean(dim=(1, 2), keepdim=True)
-        feats = torch.cat([log_power, log_snr.clamp(-10, 20), classical], dim=1)
+        logs = [log_power]
+        if cond is not None:  # both levels against the noisy input's: their ratio tells t
+            logs.append(torch.log(cond.real.square() + cond.imag.square() + 1e-10))
+        offset = logs[-1].mean(dim=(1, 2), keepdim=True)
+        logs = [x - offset for x in logs]
+        feats = torch.cat([logs[0], log_snr.clamp(-10, 20), classical, *logs[1:]], dim=1)
         h = F.leaky_relu(self.inp(feats), 0.2).transpose(1, 2)  # (batch, frames, hidden)
         scale, shift = self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
         h, _ = self.rnn(h * (1 + scale) + shift)
         correction = self.out(h).transpose(1, 2)  # (batch, freq, frames)
         if self.local is not None:
-            stacked = feats.view(feats.shape[0], 4, self.bins, -1)
+            stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
             correction = correction + self.local(stacked)[:, 0]
         if not self.training:
             # Trained corrections overshoot on noise and speech the model has not seen:
@@ -179,17 +187,19 @@ class SpectralMaskModel(nn.Module):
         base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if self.prior else 0.0
         return torch.sigmoid(base + correction)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, 1, time)`` noisy waveform -> ``(batch, 1, time)`` denoised waveform."""
-        if x.dim() != 3 or x.shape[1] != 1:
-            raise ValueError(f"expected input of shape (batch, 1, time), got {tuple(x.shape)}")
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond=None) -> torch.Tensor:
+        """``(batch, 1, time)`` noisy waveform -> ``(batch, 1, time)`` denoised waveform. A
+        bridge model takes the state ``x_t`` as ``x`` and the noisy input as ``cond``."""
+        check_input(x, cond, self.conditioned)
         length = x.shape[-1]
         if t is None:
             t = torch.zeros(x.shape[0], device=x.device)
-        wave = F.pad(x[:, 0].float(), (0, max(0, self.n_fft - length)))
+        pad = (0, max(0, self.n_fft - length))
+        wave = F.pad(x[:, 0].float(), pad)
         spec = self.stft(wave)
+        cond_spec = None if cond is None else self.stft(F.pad(cond[:, 0].float(), pad))
         out = torch.istft(
-            spec * self.gain(spec, t), self.n_fft, self.hop, window=self.window,
+            spec * self.gain(spec, t, cond_spec), self.n_fft, self.hop, window=self.window,
             length=wave.shape[-1],
         )  # fmt: skip
         return out[:, None, :length].to(x.dtype)

@@ -14,21 +14,24 @@ from contextlib import nullcontext
 
 import torch
 
+from diffdenoise.diffusion import Predictive
 
-def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float):
-    """One optimizer step over ``len(batches)`` accumulated micro-batches (already mixed).
+
+def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float, objective=None):
+    """One optimizer step over ``len(batches)`` accumulated micro-batches (already mixed);
+    ``objective`` (:mod:`diffdenoise.diffusion`, default predictive) makes the estimate.
 
     Returns ``(loss parts averaged over micro-batches, grad norm, bad)``, all tensors on
     the device; ``bad`` is true when the loss or gradient was not finite, and then the
     update was skipped. The grad norm is taken after DDP's all-reduce, so every rank
     agrees on skipping.
     """
+    objective = objective or Predictive()
     parts_sum: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(batches):
-        noisy, clean, t = batch["noisy"], batch["clean"], batch["t"]
         sync = acc.no_sync(model) if i < len(batches) - 1 else nullcontext()
         with sync, acc.autocast():
-            total, parts = loss_fn(model(noisy, t), clean)
+            total, parts = loss_fn(objective.predict(model, batch), batch["clean"])
             acc.backward(total / len(batches))
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / len(batches)

@@ -171,7 +171,8 @@ def overlap_add(
 
     Args:
         blocks: ``(channels, n)`` input blocks, ``total`` samples in all.
-        process: ``(rows, time)`` -> ``(rows, time)``; each channel of each segment is a row.
+        process: ``(rows, time), keys`` -> ``(rows, time)``; each channel of each segment
+            is a row, and ``keys`` gives each row's ``(segment start, channel)``.
         context: real neighbouring audio added on both sides of each segment for the model
             to see, then cropped away (zeros only beyond the ends of the signal).
         batch_rows: rows per ``process`` call.
@@ -189,7 +190,9 @@ def overlap_add(
         rows = np.concatenate(
             [source.take(s.start - context, s.start + length + context) for s in group]
         )
-        out = process(rows)[:, context : context + length].reshape(len(group), channels, -1)
+        keys = [(s.start, c) for s in group for c in range(channels)]
+        out = process(rows, keys)[:, context : context + length]
+        out = out.reshape(len(group), channels, -1)
         end = group[-1].start + length
         if end - acc_start > acc.shape[1]:
             grow = end - acc_start - acc.shape[1]

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from diffdenoise import config
-from diffdenoise.model import build_model, count_parameters, gflops_per_second
+from diffdenoise.model import count_parameters, gflops_per_second, model_for
 
 
 def describe(path: str) -> str:
     cfg = config.load([path])
-    model = build_model(cfg.model, cfg.data.sample_rate)
+    model = model_for(cfg)
     rate = cfg.data.sample_rate
     gflops = gflops_per_second(model, rate)
     kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"

@@ -24,8 +24,9 @@ from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
 from diffdenoise import checkpoint, config, data, distrib
+from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
-from diffdenoise.model import build_model
+from diffdenoise.model import model_for
 from diffdenoise.run import RunDirError, Tracker, prepare_run_dir, run_dir_for, tracker_for
 from diffdenoise.schedule import build_scheduler, set_total_steps
 from diffdenoise.step import LateFlag, LogWindow, ema_update, train_step
@@ -76,7 +77,10 @@ def build_data(cfg, rank: int, world: int, device):
         )
     val_urls = data.expand_urls(cfg.data.val_shards)
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
-    mixer = data.Mixer(**OmegaConf.to_container(cfg.noise))
+    bridge = cfg.diffusion.objective == "bridge"
+    bridge_t = (cfg.diffusion.t_min, cfg.diffusion.t_max) if bridge else None
+    mixer = data.Mixer(**OmegaConf.to_container(cfg.noise), bridge_t=bridge_t)
+    objective = objective_of(cfg.diffusion)
     bank = None
     if cfg.data.noise_shards:
         noise_urls = data.expand_urls(cfg.data.noise_shards)
@@ -86,7 +90,7 @@ def build_data(cfg, rank: int, world: int, device):
     if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
         raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
-    stats["render"] = partial(data.render, device=device, bank=bank)
+    stats["render"] = partial(data.render, device=device, bank=bank, objective=objective)
 
     pinned = torch.device(device).type == "cuda"
 
@@ -123,6 +127,7 @@ def build_data(cfg, rank: int, world: int, device):
             max_samples=cfg.data.val_max_samples,
             device=device,
             bank=bank,
+            objective=objective,
         )
 
     return train_batches, val_batches, per_epoch, stats
@@ -154,6 +159,7 @@ class Run:
     run_dir: Path
     state: TrainState
     plain_cfg: dict  # the resolved config, as saved in best.pt
+    objective: Predictive | Bridge  # how the model is called: diffusion.objective
 
     def ema_weights(self):
         """Context in which ``net`` holds the EMA weights (when EMA is on)."""
@@ -163,7 +169,7 @@ class Run:
 def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
     """Model, loss, optimizer, schedule and EMA, prepared and registered for saving."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, cfg.data.sample_rate)
+    model = model_for(cfg)
     loss_fn = build_loss(cfg.loss).to(acc.device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -185,7 +191,11 @@ def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
         model = torch.compile(model)
     tracker = tracker_for(acc, cfg, run_dir)
     plain = config.to_plain(cfg)
-    return Run(acc, model, net, ema, optimizer, scheduler, loss_fn, tracker, run_dir, state, plain)
+    objective = objective_of(cfg.diffusion)
+    return Run(
+        acc, model, net, ema, optimizer, scheduler, loss_fn, tracker, run_dir, state, plain,
+        objective,
+    )  # fmt: skip
 
 
 def resume(run: Run, resume: str, resume_from: Path | None, planned: int) -> None:
@@ -295,8 +305,9 @@ def optimizer_step(run: Run, micro: list[dict], cfg, flags: LateFlag):
     """One step: ``train_step``, the EMA, the schedule, and the outcome of the step before
     (read a step late, so the host never waits on the device)."""
     parts, grad_norm, bad = train_step(
-        run.model, run.loss_fn, run.optimizer, micro, run.acc, cfg.optim.max_grad_norm
-    )
+        run.model, run.loss_fn, run.optimizer, micro, run.acc, cfg.optim.max_grad_norm,
+        run.objective,
+    )  # fmt: skip
     if run.ema is not None:
         ema_update(run.ema, run.net.parameters(), bad)
     run.state.step += 1

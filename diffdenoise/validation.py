@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from diffdenoise import __version__, checkpoint, distrib
+from diffdenoise.diffusion import Predictive
 from diffdenoise.metrics import score
 
 if TYPE_CHECKING:
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, batches, acc, metrics=(), rate: int = 16000) -> dict[str, float]:
+def evaluate(
+    model, loss_fn, batches, acc, metrics=(), rate: int = 16000, objective=None
+) -> dict[str, float]:
     """Exact validation: per-sample sums all-reduced over ranks, then divided by the count.
 
     ``metrics`` (``si_sdr``, ``pesq``, ``stoi``) are averaged over the samples where they
@@ -35,9 +38,10 @@ def evaluate(model, loss_fn, batches, acc, metrics=(), rate: int = 16000) -> dic
     sums = torch.zeros(len(names), dtype=torch.float64)
     counts = torch.zeros(len(names), dtype=torch.float64)
     for batch in batches:
-        noisy, clean, t = (batch[k].to(acc.device) for k in ("noisy", "clean", "t"))
+        batch = {k: batch[k].to(acc.device) for k in ("noisy", "clean", "t", "state") if k in batch}
+        clean = batch["clean"]
         with acc.autocast():
-            estimate = model(noisy, t).float()
+            estimate = (objective or Predictive()).predict(model, batch).float()
         for i in range(estimate.shape[0]):
             _, parts = loss_fn(estimate[i : i + 1], clean[i : i + 1])
             values = {k: v.item() for k, v in parts.items()}
@@ -94,12 +98,15 @@ def run_validation(
     """Validate (EMA weights when on), log, and let rank 0 keep the best model."""
     acc, state = run.acc, run.state
     with run.ema_weights():
-        val = evaluate(run.net, run.loss_fn, val_batches(), acc, metrics, run.tracker.sample_rate)
+        val = evaluate(
+            run.net, run.loss_fn, val_batches(), acc, metrics, run.tracker.sample_rate,
+            run.objective,
+        )  # fmt: skip
     state.validations += 1
     run.tracker.log({f"val/{k}": v for k, v in val.items()}, state.step)
     if state.validations % media_every == 1 or media_every == 1:
         with run.ema_weights():
-            run.tracker.log_media(run.net, val_batches(), state.step)
+            run.tracker.log_media(run.net, val_batches(), state.step, run.objective)
     samples = int(val["samples"])
     distrib.say(acc, f"step {state.step}: validation loss {val['total']:.4f} ({samples} samples)")
     if samples != expected and acc.is_main_process:
