@@ -89,7 +89,7 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     objective: str = "predictive"
-    sigma: float = 0.5
+    sigma: float = 0.1
     t_min: float = 0.0
     t_max: float = 1.0
     steps: int = 1

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, config, evaluate, noise
+from diffdenoise import audio, config, evaluate, noise, quality_steps
 from diffdenoise.baseline import wiener
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
@@ -37,25 +37,39 @@ RTF_TARGET = 0.05
 CORPUS_WEIGHT = 3.0  # recorded noise drawn 3x as often as each recipe's synthetic colours
 
 
-def recipe_files(recipe: str) -> tuple[str, list[str]]:
-    """``default`` -> ``configs/default.yaml``; ``NAME=A.yaml+B.yaml`` layers its own files."""
-    name, _, files = recipe.partition("=")
-    return name, files.split("+") if files else [str(config.find_config(name))]
+def recipe_files(recipe: str) -> tuple[str, list[str], list[str]]:
+    """``default`` -> ``configs/default.yaml``; ``NAME=A.yaml+B.yaml+key=value`` layers its
+    own files and overrides. Returns ``(name, files, overrides)``."""
+    name, _, spec = recipe.partition("=")
+    if not spec:
+        return name, [str(config.find_config(name))], []
+    parts = spec.split("+")
+    return name, [p for p in parts if "=" not in p], [p for p in parts if "=" in p]
 
 
-def train(recipes: list[str], minutes: float, qd: QualityData, runs: Path) -> dict[str, Path]:
-    """Train every recipe at once, one process and one thread each; returns run folders."""
+def train(
+    recipes: list[str], minutes: float, qd: QualityData, runs: Path, parallel: int
+) -> dict[str, Path]:
+    """Train the recipes ``parallel`` at a time, one process and one thread each (so each
+    has a core to itself); returns their run folders."""
+    folders = {}
+    for first in range(0, len(recipes), parallel):
+        folders |= train_wave(recipes[first : first + parallel], minutes, qd, runs)
+    return folders
+
+
+def train_wave(recipes: list[str], minutes: float, qd: QualityData, runs: Path) -> dict:
     procs, folders = {}, {}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for recipe in recipes:
-        recipe, files = recipe_files(recipe)
+        recipe, files, overrides = recipe_files(recipe)
         files = [str(Path(f).resolve()) for f in files]
-        cfg = config.load(files)  # each recipe keeps its crop length in seconds
+        cfg = config.load(files, overrides)  # each recipe keeps its crop length in seconds
         segment = round(cfg.data.segment / cfg.data.sample_rate * qd.rate)
         run = runs / f"quality-{recipe}"
         subprocess.run(["rm", "-rf", str(run)], check=True)
         args = [
-            *files,
+            *files, *overrides,
             f"data.sample_rate={qd.rate}", f"data.segment={segment}",
             f"data.train_shards={qd.speech_shards}/train-*.tar",
             f"data.val_shards={qd.speech_shards}/val-*.tar",
@@ -100,9 +114,10 @@ def test_items(qd: QualityData) -> list[evaluate.Item]:
     return items
 
 
-def rtf_at_48k(files: list[str], seconds: float = 10.0, steps: int = 1) -> float:
-    """Inference real-time factor of the recipe in ``files`` at 48 kHz on this CPU."""
-    cfg = config.load(files, ["data.sample_rate=48000"])
+def rtf_at_48k(recipe: str, seconds: float = 10.0, steps: int = 1) -> float:
+    """Inference real-time factor of a recipe at 48 kHz on this CPU."""
+    _, files, overrides = recipe_files(recipe)
+    cfg = config.load(files, [*overrides, "data.sample_rate=48000"])
     model = model_for(cfg)
     denoiser = Denoiser(
         model, 48000, segment=cfg.data.segment / 48000,
@@ -150,7 +165,26 @@ def verdicts(by_snr: dict, clean: dict, rtf: float, main: str = "default", base:
     return rows
 
 
-def report(tables: dict, checks, minutes: float, runs_info: dict, qd: QualityData) -> str:
+def summaries(rows: list[dict]) -> tuple[dict, dict]:
+    """The report's tables (systems ``NAME@N`` left out), and the all-SNR means of every
+    system (the steps table reads those)."""
+    noisy_rows = [r for r in rows if r["bucket"] != "clean"]
+    every = evaluate.summarise(noisy_rows)["all"]
+
+    def main_only(summary: dict) -> dict:
+        return {g: {k: v for k, v in s.items() if "@" not in k} for g, s in summary.items()}
+
+    tables = {
+        "snr": main_only(evaluate.summarise(noisy_rows)),
+        "noise": main_only(evaluate.summarise(noisy_rows, key="noise")),
+        "clean": main_only(evaluate.summarise([r for r in rows if r["bucket"] == "clean"])),
+    }
+    return tables, every
+
+
+def report(
+    tables: dict, checks, minutes: float, runs_info: dict, qd: QualityData, steps_text=()
+) -> str:
     return (
         "\n".join(
             [
@@ -161,9 +195,13 @@ def report(tables: dict, checks, minutes: float, runs_info: dict, qd: QualityDat
                 f"files mixed with held-out noise ({', '.join(sorted(qd.test_noise))}; "
                 f"'{qd.holdout}' was held out of training entirely).",
                 "",
-                "| recipe | steps | parameters |",
-                "|---|---:|---:|",
-                *[f"| {k} | {v['steps']} | {v['params']} |" for k, v in runs_info.items()],
+                "| recipe | steps | parameters | grad norm (median / max) | skipped steps |",
+                "|---|---:|---:|---:|---:|",
+                *[
+                    f"| {k} | {v['steps']} | {v['params']} | {v['grad_norm_median']} / "
+                    f"{v['grad_norm_max']} | {v['skipped_steps']} |"
+                    for k, v in runs_info.items()
+                ],
                 "",
                 "## Per input SNR",
                 "",
@@ -177,6 +215,7 @@ def report(tables: dict, checks, minutes: float, runs_info: dict, qd: QualityDat
                 "",
                 evaluate.markdown(tables["clean"]).replace("| input SNR |", "| input |", 1),
                 "",
+                *steps_text,
                 "## Targets",
                 "",
                 "| target | measured | result |",
@@ -195,54 +234,81 @@ def curves(run: Path) -> dict:
     return {"train": train, "val": val}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="python -m diffdenoise.quality", description=__doc__)
     p.add_argument("--clean-dir", type=Path, required=True, help="folder of clean speech")
     p.add_argument("--noise-dir", type=Path, required=True, help="folder of noise recordings")
     p.add_argument("--holdout-noise", default="", help="noise file (stem) kept out of training")
     p.add_argument(
         "--recipes",
-        default="seed,default",
-        help="comma-separated: NAME for configs/NAME.yaml, or NAME=A.yaml+B.yaml to layer files",
+        default="seed,default,bridge",
+        help="comma-separated: NAME for configs/NAME.yaml, or NAME=A.yaml+B.yaml+key=value to "
+        "layer files and overrides",
     )
+    p.add_argument(
+        "--parallel", type=int, default=os.cpu_count() or 1,
+        help="recipes trained at once, one core each (default: the cores here)",
+    )  # fmt: skip
     p.add_argument("--minutes", type=float, default=25.0, help="training budget per recipe")
     p.add_argument("--rate", type=int, default=16000, help="sample rate of the comparison")
     p.add_argument("--work", type=Path, default=Path("runs") / "quality-data")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--skip-training", action="store_true", help="score the existing runs")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def steps_sections(bridges: list[str], specs: dict, all_systems: dict, out: Path):
+    """For each bridge recipe: its steps table (markdown lines), PESQ check and figure."""
+    lines, checks = [], []
+    for r in bridges:
+        rtfs = {n: rtf_at_48k(specs[r], steps=n) for n in quality_steps.STEPS}
+        table, check = quality_steps.steps_table(all_systems, r, rtfs)
+        checks.append(check)
+        lines += [f"## {r}: quality against sampler steps (all SNRs)", "", table, ""]
+        quality_steps.steps_figure(out / f"quality-{r}-steps.png", all_systems, r, rtfs)
+    return lines, checks
+
+
+def run_info(run: Path, model) -> dict:
+    """Steps, parameters, and how steady training was (gradient norms, skipped steps)."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["train/grad_norm"] for r in rows if "train/grad_norm" in r]
+    steps = [r["step"] for r in rows if "train/total" in r]
+    params = sum(v.numel() for v in model.parameters())
+    return {
+        "steps": steps[-1] if steps else 0,
+        "params": f"{params / 1e6:.2f} M",
+        "grad_norm_median": round(float(np.median(norms)), 3) if norms else None,
+        "grad_norm_max": round(float(np.max(norms)), 3) if norms else None,
+        "skipped_steps": max((r.get("train/skipped_steps", 0) for r in rows), default=0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.time()
-    specs = [r for r in args.recipes.split(",") if r]
-    recipes = [recipe_files(r)[0] for r in specs]
+    specs = {recipe_files(r)[0]: r for r in args.recipes.split(",") if r}
     qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise)
     args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.skip_training:
-        runs = {r: args.runs / f"quality-{r}" for r in recipes}
+        runs = {r: args.runs / f"quality-{r}" for r in specs}
     else:
-        runs = train(specs, args.minutes, qd, args.runs)
+        runs = train(list(specs.values()), args.minutes, qd, args.runs, max(1, args.parallel))
     torch.set_num_threads(2)
     models = {r: Denoiser.from_checkpoint(run / "best.pt", device="cpu") for r, run in runs.items()}
-    rows = evaluate.run(test_items(qd), {**models, "wiener": wiener})
-    noisy_rows = [r for r in rows if r["bucket"] != "clean"]
-    tables = {
-        "snr": evaluate.summarise(noisy_rows),
-        "noise": evaluate.summarise(noisy_rows, key="noise"),
-        "clean": evaluate.summarise([r for r in rows if r["bucket"] == "clean"]),
-    }
-    main_recipe = "default" if "default" in recipes else recipes[-1]
-    rtf = rtf_at_48k(recipe_files(specs[recipes.index(main_recipe)])[1])
+    bridges = [r for r in specs if models[r].objective.conditioned]
+    stepped = {k: v for r in bridges for k, v in quality_steps.step_systems(r, models[r]).items()}
+    rows = evaluate.run(test_items(qd), {**models, "wiener": wiener, **stepped})
+    tables, all_systems = summaries(rows)
+    main_recipe = "default" if "default" in specs else list(specs)[-1]
+    rtf = rtf_at_48k(specs[main_recipe])
     checks = verdicts(tables["snr"], tables["clean"]["clean"], rtf, main_recipe)
-    info = {}
-    for r, run in runs.items():
-        h = curves(run)
-        params = sum(v.numel() for v in models[r].model.parameters())
-        info[r] = {
-            "steps": h["train"][-1][0] if h["train"] else 0,
-            "params": f"{params / 1e6:.2f} M",
-        }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = report(tables, checks, args.minutes, info, qd)
+    steps_text, step_checks = steps_sections(bridges, specs, all_systems, args.out)
+    checks += step_checks
+    info = {r: run_info(run, models[r].model) for r, run in runs.items()}
+    text = report(tables, checks, args.minutes, info, qd, steps_text)
     (args.out / "quality.md").write_text(text)
     from diffdenoise.plots import quality_figure
 
@@ -250,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     quality_figure(args.out / "quality.png", histories, tables, qd.holdout)
     checked = [{"target": t, "measured": m, "pass": ok} for t, m, ok in checks]
     result = {"tables": tables, "runs": info, "rtf_48k": rtf, "holdout": qd.holdout}
-    result["checks"] = checked
+    result |= {"checks": checked, "steps": {k: v for k, v in all_systems.items() if "@" in k}}
     (args.out / "quality.json").write_text(json.dumps(result, indent=1))
     print(text)
     took = time.time() - started

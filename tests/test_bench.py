@@ -136,3 +136,43 @@ def test_gpu_bench_reads_its_figures_from_a_real_training_run(tmp_path):
     broken = bench_gpu.train_run(tmp_path, shards, "tiny", True, 40, ["data.segment=-1"])
     assert "'data.segment' is -1" in broken["error"]
     assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_quality_recipes_layer_files_and_overrides():
+    name, files, overrides = quality.recipe_files(
+        "sn=configs/default.yaml+model.spectral_norm=true"
+    )
+    assert (name, files, overrides) == (
+        "sn",
+        ["configs/default.yaml"],
+        ["model.spectral_norm=true"],
+    )
+    name, files, overrides = quality.recipe_files("bridge")
+    assert name == "bridge" and files[0].endswith("bridge.yaml") and overrides == []
+
+
+def test_steps_table_and_its_pesq_check():
+    from diffdenoise import quality_steps
+
+    means = {f"b@{n}": {"si_sdr": 10.0 + n, "pesq": p, "stoi": 0.9} for n, p in
+             zip(quality_steps.STEPS, (2.0, 2.1, 2.3, 2.2))}  # fmt: skip
+    rtfs = dict.fromkeys(quality_steps.STEPS, 0.01)
+    table, (_, measured, ok) = quality_steps.steps_table(means, "b", rtfs)
+    assert ok and measured == "best N = 4: 2.300 vs 2.000 at N = 1 (+0.300)"
+    assert table.count("\n") == 5 and "| 8 | 8 | 18.00 | 2.200 | 0.900 | 0.0100 |" in table
+    means["b@1"]["pesq"] = 2.5
+    assert not quality_steps.steps_table(means, "b", rtfs)[1][2]
+
+
+def test_step_systems_share_the_model_and_change_only_the_steps():
+    from diffdenoise import quality_steps
+    from diffdenoise.diffusion import Bridge
+
+    cfg = config.load(["configs/tiny.yaml"], ["diffusion.objective=bridge"])
+    from diffdenoise.model import model_for
+
+    base = Denoiser(model_for(cfg), 16000, objective=Bridge(0.5), steps=4)
+    systems = quality_steps.step_systems("b", base)
+    assert list(systems) == ["b@1", "b@2", "b@4", "b@8"]
+    assert [d.steps for d in systems.values()] == [1, 2, 4, 8] and base.steps == 4
+    assert all(d.model is base.model for d in systems.values())
