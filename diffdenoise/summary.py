@@ -16,9 +16,12 @@ def describe(path: str) -> str:
     rate = cfg.data.sample_rate
     gflops = gflops_per_second(model, rate)
     kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"
+    calls = ""
+    if cfg.diffusion.objective == "bridge":
+        calls = f", x {cfg.diffusion.steps} sampler steps"
     return (
         f"{Path(path).name:<14} {kind:<8} {count_parameters(model) / 1e6:7.2f} M params "
-        f"{gflops:7.2f} GFLOP per audio-second at {rate} Hz"
+        f"{gflops:7.2f} GFLOP per audio-second at {rate} Hz{calls}"
     )
 
 
