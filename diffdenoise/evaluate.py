@@ -220,6 +220,8 @@ def parse_args(argv):
     p.add_argument("--baseline", action="store_true", help="also score a Wiener filter")
     p.add_argument("--max-files", type=int, default=0, help="evaluate at most N files (0: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--steps", type=int, help="a bridge checkpoint's sampler steps")
+    p.add_argument("--seed", type=int, default=0, help="a bridge sampler's noise seed (0)")
     p.add_argument(
         "--json",
         type=Path,
@@ -240,9 +242,13 @@ def build_systems(args) -> dict[str, Callable]:
     names = [Path(c).parent.name or "model" for c in args.checkpoint]
     if len(args.checkpoint) == 1 or len(set(names)) < len(names):
         names = ["model"] if len(args.checkpoint) == 1 else [str(c) for c in args.checkpoint]
-    systems = {
-        n: Denoiser.from_checkpoint(c, device=args.device) for n, c in zip(names, args.checkpoint)
-    }
+    options = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    systems = {}
+    for name, path in zip(names, args.checkpoint):
+        try:
+            systems[name] = Denoiser.from_checkpoint(path, device=args.device, **options)
+        except ValueError as err:  # e.g. --steps 4 for a predictive checkpoint
+            raise EvalError(f"{path}: {err}") from None
     if args.baseline:
         systems["wiener"] = wiener
     if not systems:

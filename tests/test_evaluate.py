@@ -117,6 +117,13 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     assert len(err) == 1 and message in err[0]
 
 
+def test_steps_for_a_predictive_checkpoint_is_one_line(ckpt, tmp_path, capsys):
+    code, report = run_eval(tmp_path, "-c", str(ckpt), "--clean-dir", ".", "--steps", "4")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and report is None
+    assert len(err) == 1 and f"{ckpt}: --steps 4: a predictive model takes exactly 1 step" in err[0]
+
+
 def test_report_lands_beside_the_checkpoint_and_a_bad_path_fails_first(
     ckpt, val_shards, tmp_path, capsys
 ):
