@@ -17,7 +17,7 @@ def describe(path: str) -> str:
     gflops = gflops_per_second(model, rate)
     kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"
     calls = ""
-    if cfg.diffusion.objective == "bridge":
+    if cfg.diffusion.objective == "bridge" and cfg.diffusion.steps > 1:
         calls = f", x {cfg.diffusion.steps} sampler steps"
     return (
         f"{Path(path).name:<14} {kind:<8} {count_parameters(model) / 1e6:7.2f} M params "
