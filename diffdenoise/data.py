@@ -86,7 +86,7 @@ def stack(waves) -> torch.Tensor:
     if any(w.dtype != np.int16 for w in waves):
         waves = [w * np.float32(1 / 32768) if w.dtype == np.int16 else w for w in waves]
     n, length = len(waves), waves[0].shape[0]
-    proto = torch.empty(0, dtype=torch.from_numpy(waves[0][:0].copy()).dtype)
+    proto = torch.empty(0, dtype=torch.int16 if waves[0].dtype == np.int16 else torch.float32)
     if get_worker_info() is None:
         out = proto.new_empty(n, length)
     else:

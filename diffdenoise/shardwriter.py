@@ -84,17 +84,19 @@ class ShardLayout:
         self.spools = spools
         self.shards: list[dict] = []
         self.pending: deque = deque()  # (result, shard, its spool files), oldest first
-        self.current = None
+        self.current, self.size = None, 0  # the open shard and its bytes so far
 
     def add(self, key: str, piece: tuple[str, int, int], seconds: float) -> None:
         if self.current is None:
             name = f"{self.prefix}-{len(self.shards) + len(self.pending):06d}.tar"
             self.current = {"file": name, "samples": 0, "seconds": 0.0, "pieces": []}
+            self.size = 0
         self.current["pieces"].append(piece)
+        self.size += piece[2]
         self.current["samples"] += 1
         self.current["seconds"] += seconds
         self.spools.use(piece[0])
-        if sum(p[2] for p in self.current["pieces"]) >= self.shard_bytes:
+        if self.size >= self.shard_bytes:
             self.close()
 
     def close(self) -> None:
