@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffdenoise import kernels
 from diffdenoise.model import check_input, sinusoidal_embedding
 
 # Minimum statistics: the minimum of a smoothed periodogram underestimates the mean noise
@@ -63,16 +64,10 @@ def decision_directed_gain(power: torch.Tensor, noise: torch.Tensor) -> torch.Te
 
     ``power``: ``(batch, freq, frames)``; ``noise``: broadcastable to it. The recursion
     smooths the SNR estimate over time, which keeps musical noise down; it carries no
-    gradient (the prior is an input, the network learns the correction).
+    gradient (the prior is an input, the network learns the correction). On a GPU it runs
+    as one fused kernel (:mod:`diffdenoise.kernels`).
     """
-    posterior = power / noise.expand_as(power)
-    gains = torch.empty_like(power)
-    previous = torch.ones_like(power[..., 0])  # |G * Y|^2 / noise of the frame before
-    for t in range(power.shape[-1]):
-        prior = DD_SMOOTHING * previous + (1 - DD_SMOOTHING) * (posterior[..., t] - 1).clamp_min(0)
-        gains[..., t] = prior / (1 + prior)
-        previous = gains[..., t].square() * posterior[..., t]
-    return gains
+    return kernels.decision_directed(power / noise.expand_as(power), DD_SMOOTHING)
 
 
 def wiener_gain(power: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:

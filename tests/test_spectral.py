@@ -105,3 +105,41 @@ def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
         torch.testing.assert_close(model.gain(spec, t), torch.sigmoid(base + 2.0))
     cfg = config.load([config.find_config("default")])
     assert build_model(cfg.model, 16000).correction_scale == 0.5
+
+
+KERNEL_CHECK = """
+import torch
+from diffdenoise import kernels
+torch.manual_seed(0)
+for shape in [(2, 769, 251), (1, 3, 1), (3, 0, 5)]:
+    post = torch.rand(shape) * 20
+    fused = kernels.decision_directed_triton(post, 0.98)
+    loop = kernels.decision_directed_torch(post, 0.98)
+    assert fused.shape == loop.shape == shape, (fused.shape, shape)
+    print(shape, float((fused - loop).abs().max()) if post.numel() else 0.0)
+"""
+
+
+def test_fused_decision_directed_kernel_equals_the_torch_loop():
+    """The Triton kernel a GPU runs, here through Triton's CPU interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")  # read when the kernel is defined
+    out = subprocess.run(
+        [sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert len(out) == 3
+    assert all(float(line.split(")")[-1]) < 1e-6 for line in out), out
+
+
+def test_decision_directed_gain_follows_the_posterior_snr():
+    from diffdenoise.kernels import decision_directed
+
+    post = torch.tensor([[1.0, 1.0, 100.0, 100.0, 100.0, 1.0, 1.0, 1.0]])
+    gains = decision_directed(post, 0.98)
+    assert gains[0, 0] == pytest.approx(0.98 / 1.98)  # the first frame's previous term is 1
+    assert gains[0, 2] > gains[0, 1] and gains[0, 4] > 0.9  # speech onset opens the gain
+    assert gains[0, 7] < 0.5  # and closes a frame after the speech's last

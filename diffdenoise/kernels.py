@@ -1,0 +1,71 @@
+"""The spectral model's one sequential loop as a fused GPU kernel, beside its torch form.
+
+The decision-directed Wiener gain is a recursion over frames. In torch it costs about ten
+kernel launches per frame, 2,500 for a 2 s crop at the default 8 ms hop: on an H200 that
+made the training step host-bound (76 ms per step for 11 ms of GPU work, measured with
+``torch.profiler``). On a CUDA tensor one Triton program per block of bins walks the frames
+instead, in one launch; elsewhere (and where Triton is missing) the torch loop runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only torch build: the torch loop serves
+    triton = None
+
+BLOCK = 128  # bins per Triton program
+
+
+def decision_directed(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Wiener gains ``prior / (1 + prior)`` with the decision-directed a-priori SNR
+    ``prior_t = smoothing * G_{t-1}^2 * post_{t-1} + (1 - smoothing) * max(post_t - 1, 0)``
+    (``G_{-1}^2 * post_{-1} = 1``).
+
+    ``posterior``: ``(..., frames)`` a-posteriori SNR; returns float32 gains of its shape.
+    """
+    if posterior.is_cuda and triton is not None:
+        return decision_directed_triton(posterior, smoothing)
+    return decision_directed_torch(posterior, smoothing)
+
+
+def decision_directed_torch(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+    posterior = posterior.float()
+    gains = torch.empty_like(posterior)
+    previous = torch.ones_like(posterior[..., 0])  # |G * Y|^2 / noise of the frame before
+    for t in range(posterior.shape[-1]):
+        prior = smoothing * previous + (1 - smoothing) * (posterior[..., t] - 1).clamp_min(0)
+        gains[..., t] = prior / (1 + prior)
+        previous = gains[..., t].square() * posterior[..., t]
+    return gains
+
+
+def decision_directed_triton(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The same recursion in one Triton launch (``TRITON_INTERPRET=1`` runs it on a CPU)."""
+    shape, frames = posterior.shape, posterior.shape[-1]
+    by_frame = posterior.float().reshape(-1, frames).T.contiguous()  # (frames, bins): coalesced
+    gains = torch.empty_like(by_frame)
+    bins = by_frame.shape[1]
+    if bins and frames:
+        _decision_directed_kernel[(triton.cdiv(bins, BLOCK),)](
+            by_frame, gains, bins, frames, smoothing, BLOCK=BLOCK
+        )
+    return gains.T.reshape(shape)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decision_directed_kernel(post_ptr, gain_ptr, bins, frames, smoothing, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < bins
+        previous = tl.full([BLOCK], 1.0, tl.float32)
+        for t in range(frames):
+            post = tl.load(post_ptr + t * bins + offsets, mask=inside, other=1.0)
+            prior = smoothing * previous + (1 - smoothing) * tl.maximum(post - 1.0, 0.0)
+            gain = prior / (1.0 + prior)
+            tl.store(gain_ptr + t * bins + offsets, gain, mask=inside)
+            previous = gain * gain * post
