@@ -60,9 +60,13 @@ def ema_update(ema, parameters, bad: torch.Tensor) -> None:
         ema.num_updates += 1
         decay = min(decay, (1 + ema.num_updates) / (10 + ema.num_updates))
     weight = (1.0 - decay) * (~bad).float()
-    with torch.no_grad():
-        for shadow, param in zip(ema.shadow_params, parameters, strict=True):
-            shadow.sub_((shadow - param) * weight)
+    shadows, params = ema.shadow_params, list(parameters)
+    if len(shadows) != len(params):
+        raise ValueError(f"EMA holds {len(shadows)} tensors but the model has {len(params)}")
+    with torch.no_grad():  # three launches for all parameters, not three per parameter
+        steps = torch._foreach_sub(shadows, params)
+        torch._foreach_mul_(steps, weight)
+        torch._foreach_sub_(shadows, steps)
 
 
 class LateFlag:

@@ -541,3 +541,23 @@ def test_a_killed_rank_gives_one_line_with_the_resume_command(shards, tmp_path):
     )
     assert named and named.group(1) != named.group(2), lines[0]
     assert lines[0].endswith("train.run_name=k train.resume=auto")
+
+
+def test_ema_update_moves_toward_the_weights_and_skips_a_bad_step():
+    from torch_ema import ExponentialMovingAverage
+
+    from diffdenoise.step import ema_update
+
+    net = torch.nn.Linear(3, 2)
+    ema = ExponentialMovingAverage(net.parameters(), decay=0.9, use_num_updates=False)
+    start = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema_update(ema, net.parameters(), torch.tensor(True))
+    assert all(torch.equal(s, p) for s, p in zip(ema.shadow_params, start))
+    ema_update(ema, net.parameters(), torch.tensor(False))
+    for shadow, before in zip(ema.shadow_params, start):
+        torch.testing.assert_close(shadow, before + 0.1)  # (1 - decay) of the way
+    with pytest.raises(ValueError, match="EMA holds 2 tensors but the model has 1"):
+        ema_update(ema, [net.weight], torch.tensor(False))
