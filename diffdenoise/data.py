@@ -116,7 +116,16 @@ def collate(examples: list[tuple]) -> dict:
 
 
 class TrainStream(IterableDataset):
-    """Endless shuffled shards cut into exactly ``batches`` full batches per rank and epoch."""
+    """Shuffled shards cut into exactly ``batches`` full batches per rank and epoch, from
+    batch ``skip_batches`` of ``epoch`` on, for ``epochs`` epochs (``None``: forever).
+
+    The batches of an epoch are the same for any start: batch ``j`` of epoch ``e`` is made
+    from the shards and seeds of its slot ``j % workers``, whichever worker process makes
+    it. A DataLoader takes batches from its workers in turn, so worker ``w`` of ``n`` makes
+    the global batches ``start + w + k * n``; within one epoch those are one slot's. The
+    workers therefore live across epochs (no restart, no refill stall per epoch) and a
+    resume from any batch yields the uninterrupted order.
+    """
 
     def __init__(
         self,
@@ -133,6 +142,7 @@ class TrainStream(IterableDataset):
         epoch: int = 0,
         skip_batches: int = 0,
         shuffle_buffer: int = 256,
+        epochs: int | None = 1,
     ):
         super().__init__()
         self.urls, self.segment, self.rate, self.batch_size = urls, segment, sample_rate, batch_size
@@ -144,19 +154,30 @@ class TrainStream(IterableDataset):
             world_size,
         )
         self.epoch, self.skip_batches, self.shuffle_buffer = epoch, skip_batches, shuffle_buffer
+        self.epochs = epochs
 
     def __iter__(self):
         info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        mine = range(wid, self.batches, nw)  # loader batches j this worker produces
-        first = wid + max(0, -(-(self.skip_batches - wid) // nw)) * nw  # first j >= skip
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        start = self.epoch * self.batches + self.skip_batches  # global index of batch one
+        epoch = self.epoch
+        while self.epochs is None or epoch < self.epoch + self.epochs:
+            slot = (start + wid - epoch * self.batches) % workers  # this epoch's j % workers
+            skip = self.skip_batches if epoch == self.epoch else 0
+            yield from self._epoch(epoch, slot, workers, skip)
+            epoch += 1
+
+    def _epoch(self, epoch: int, wid: int, nw: int, skip: int):
+        """Epoch ``epoch``'s batches ``j >= skip`` with ``j % nw == wid``."""
+        mine = range(wid, self.batches, nw)
+        first = wid + max(0, -(-(skip - wid) // nw)) * nw  # first j >= skip
         todo = range(first, self.batches, nw)  # a range: no list of an epoch's batches
         if not todo:
             return
         skip_samples = (len(mine) - len(todo)) * self.batch_size
         slot, slots = self.rank * nw + wid, self.world * nw
-        shards = slot_shards(self.urls, self.seed, self.epoch, slot, slots)
-        seeds = [self.seed, self.epoch, self.rank, wid]
+        shards = slot_shards(self.urls, self.seed, epoch, slot, slots)
+        seeds = [self.seed, epoch, self.rank, wid]
         pipeline = wds.DataPipeline(
             lambda: _cycle(shards, _crc(seeds, "shards")),
             tarindex.read_shards,

@@ -97,23 +97,22 @@ def build_data(cfg, rank: int, world: int, device):
     def train_batches(start_batch: int):
         """Batches from global batch index ``start_batch`` on, across epochs, forever."""
         epoch, skip = divmod(start_batch, per_epoch)
-        while True:
-            stream = data.TrainStream(
-                urls,
-                segment=cfg.data.segment,
-                sample_rate=cfg.data.sample_rate,
-                batch_size=cfg.train.batch_size,
-                batches=per_epoch,
-                mixer=mixer,
-                seed=cfg.train.seed,
-                rank=rank,
-                world_size=world,
-                epoch=epoch,
-                skip_batches=skip,
-                shuffle_buffer=cfg.data.shuffle_buffer,
-            )
-            yield from data.train_loader(stream, cfg.data.num_workers, pinned)
-            epoch, skip = epoch + 1, 0
+        stream = data.TrainStream(
+            urls,
+            segment=cfg.data.segment,
+            sample_rate=cfg.data.sample_rate,
+            batch_size=cfg.train.batch_size,
+            batches=per_epoch,
+            mixer=mixer,
+            seed=cfg.train.seed,
+            rank=rank,
+            world_size=world,
+            epoch=epoch,
+            skip_batches=skip,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            epochs=None,
+        )
+        return iter(data.train_loader(stream, cfg.data.num_workers, pinned))
 
     def val_batches():
         return data.val_batches(

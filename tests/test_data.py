@@ -79,6 +79,34 @@ def test_resume_skips_to_the_same_batches(shards):
         assert torch.equal(a["noisy"], b["noisy"]) and a["keys"] == b["keys"]
 
 
+def loader_batches(urls, n, workers, **kw):
+    args = dict(segment=8000, sample_rate=16000, batch_size=2, batches=4, mixer=mixer(), seed=0)
+    args.update(rank=0, world_size=1, shuffle_buffer=4, epochs=None, **kw)
+    batches = iter(data.train_loader(data.TrainStream(urls, **args), workers))
+    return [next(batches) for _ in range(n)]
+
+
+def test_endless_stream_is_its_epochs_in_a_row(shards):
+    urls = data.expand_urls(str(shards / "train-*.tar"))
+    endless = loader_batches(urls, 8, 0)
+    epochs = [b for e in (0, 1) for b in stream(urls, epoch=e, batch_size=2, shuffle_buffer=4)]
+    assert [b["keys"] for b in endless] == [b["keys"] for b in epochs]
+    assert all(torch.equal(a["snr"], b["snr"]) for a, b in zip(endless, epochs))
+
+
+@pytest.mark.parametrize("start", [3, 5])
+def test_two_worker_loader_resumes_from_any_batch_across_epochs(shards, start):
+    """Workers live across epochs; a resume at an odd batch or in a later epoch still
+    yields the uninterrupted batches in order."""
+    urls = data.expand_urls(str(shards / "train-*.tar"))
+    full = loader_batches(urls, 11, 2)
+    epoch, skip = divmod(start, 4)
+    resumed = loader_batches(urls, 11 - start, 2, epoch=epoch, skip_batches=skip)
+    for a, b in zip(full[start:], resumed, strict=True):
+        assert a["keys"] == b["keys"] and torch.equal(a["clean"], b["clean"])
+        assert torch.equal(a["snr"], b["snr"])
+
+
 def test_ranks_and_epochs_see_different_data(shards):
     urls = data.expand_urls(str(shards / "train-*.tar"))
     r0 = next(iter(stream(urls, rank=0, world_size=2)))
