@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +94,29 @@ def utterance(rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray
     return (out / max(peak, 1e-9) * level).astype(np.float32)
 
 
-def generate(out: Path, minutes: float, seed: int, rate: int = 16000) -> list[Path]:
-    """Write ``OUT/spkNN/utt_NNNN.wav`` files of 2–8 s until ``minutes`` are reached."""
-    paths, total, i = [], 0.0, 0
+def generate(
+    out: Path, minutes: float, seed: int, rate: int = 16000, workers: int = 1
+) -> list[Path]:
+    """Write ``OUT/spkNN/utt_NNNN.wav`` files of 2–8 s until ``minutes`` are reached; the
+    same files for any ``workers`` (each file's seed stream is its own)."""
+    jobs, total, i = [], 0.0, 0
     while total < minutes * 60:
-        rng = np.random.default_rng([seed, i])
-        seconds = float(rng.uniform(2, 8))
-        path = out / f"spk{i % 8:02d}" / f"utt_{i:04d}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        audio.write(path, utterance(rng, seconds, rate), rate, subtype="PCM_16")
-        paths.append(path)
-        total += seconds
+        total += float(np.random.default_rng([seed, i]).uniform(2, 8))  # the file's length
+        jobs.append((out / f"spk{i % 8:02d}" / f"utt_{i:04d}.wav", seed, i, rate))
         i += 1
-    return paths
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_write_utterance, jobs, chunksize=4))
+    return [_write_utterance(job) for job in jobs]
+
+
+def _write_utterance(job: tuple) -> Path:
+    path, seed, i, rate = job
+    rng = np.random.default_rng([seed, i])
+    seconds = float(rng.uniform(2, 8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audio.write(path, utterance(rng, seconds, rate), rate, subtype="PCM_16")
+    return path
 
 
 def example(out: Path, seed: int, rate: int = 16000, snr: float = 5.0) -> tuple[Path, Path]:
