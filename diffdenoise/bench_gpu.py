@@ -38,11 +38,17 @@ def peak_tflops(name: str) -> float | None:
 
 def build_shards(work: Path, minutes: float = 10, rate: int = 48000) -> Path:
     src = work / "gt_audio"
-    demo_data.generate(src, minutes, seed=0, rate=rate)
+    demo_data.generate(src, minutes, seed=0, rate=rate, workers=os.cpu_count() or 1)
     args = [str(src), "--name", "gpu", "--out", str(work), "--sample-rate", str(rate)]
     args += ["--format", "pcm16", "--val-fraction", "0.05", "--workers", str(os.cpu_count())]
     _quiet(shard.main, args)
     return work / "gpu"
+
+
+def last_error_line(stderr: str) -> str:
+    """The line that names a failure, not torch.compile's hint about verbose logs after it."""
+    lines = [x for x in stderr.splitlines() if x.strip() and not x.startswith("Set TORCHDYNAMO")]
+    return (lines or ["?"])[-1][:300]
 
 
 def train_run(work, shards, name, compiled, steps, extra=()) -> dict:
@@ -62,7 +68,7 @@ def train_run(work, shards, name, compiled, steps, extra=()) -> dict:
         [sys.executable, "-m", "diffdenoise.train", *args], env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        return {"error": last_error_line(proc.stderr)}
     lines = (next(runs.iterdir()) / "metrics.jsonl").read_text().splitlines()
     windows = [json.loads(x) for x in lines if "train/audio_s_per_s" in x][2:]  # warmed up
     speed = statistics.median(w["train/audio_s_per_s"] for w in windows)

@@ -20,6 +20,9 @@ except ImportError:  # a CPU-only torch build: the torch loop serves
 BLOCK = 128  # bins per Triton program
 
 
+# torch.compile runs this eagerly between its graphs: dynamo failed on the kernel launch
+# (H200, torch 2.11), and traced, the torch loop unrolls into a graph of 2,500 ops per crop.
+@torch.compiler.disable
 def decision_directed(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Wiener gains ``prior / (1 + prior)`` with the decision-directed a-priori SNR
     ``prior_t = smoothing * G_{t-1}^2 * post_{t-1} + (1 - smoothing) * max(post_t - 1, 0)``

@@ -136,6 +136,8 @@ def test_gpu_bench_reads_its_figures_from_a_real_training_run(tmp_path):
     broken = bench_gpu.train_run(tmp_path, shards, "tiny", True, 40, ["data.segment=-1"])
     assert "'data.segment' is -1" in broken["error"]
     assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    dynamo = "torch._dynamo.exc.Unsupported: x\n\nSet TORCHDYNAMO_VERBOSE=1 for the stack\n"
+    assert bench_gpu.last_error_line(dynamo) == "torch._dynamo.exc.Unsupported: x"
 
 
 def test_quality_recipes_layer_files_and_overrides():
