@@ -84,6 +84,8 @@ class ModelConfig:
     normalize: bool = True
     time_dim: int = 64
     spectral_norm: bool = False
+    causal: bool = False
+    lookahead_ms: float = 0.0
 
 
 @dataclass
@@ -213,6 +215,7 @@ RANGES = {
     "model.spectral.noise_window_s": POSITIVE,
     "model.spectral.local_channels": AT_LEAST_0,
     "model.spectral.correction_scale": SHARE,
+    "model.lookahead_ms": AT_LEAST_0,
     **dict.fromkeys(
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
     ),
@@ -339,6 +342,8 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")
     if cfg.diffusion.t_min > cfg.diffusion.t_max:
         raise ConfigError("'diffusion.t_min' must not exceed 'diffusion.t_max'")
+    if cfg.model.causal:
+        _validate_causal(cfg)
     for key in ("widths", "kernel_sizes", "strides"):
         values = cfg.model[key]
         if len(values) not in (0, cfg.model.depth):
@@ -346,6 +351,25 @@ def _validate(cfg: DictConfig) -> None:
                 f"'model.{key}' has {len(values)} entries; it must be empty or have "
                 f"model.depth={cfg.model.depth}"
             )
+
+
+def _validate_causal(cfg: DictConfig) -> None:
+    """``model.causal`` is the spectral family's causal form, for the predictive objective."""
+    model = cfg.model
+    if model.family != "spectral":
+        raise ConfigError("'model.causal' needs model.family: spectral (the U-Net is not causal)")
+    if cfg.diffusion.objective != "predictive":
+        raise ConfigError("'model.causal' needs diffusion.objective: predictive")
+    if model.spectral.local_channels:
+        raise ConfigError(
+            "'model.spectral.local_channels' reads frames ahead; set it to 0 with model.causal"
+        )
+    frames = round(model.lookahead_ms / model.spectral.hop_ms)
+    if frames >= model.spectral.context_frames:
+        raise ConfigError(
+            f"'model.lookahead_ms' is {model.lookahead_ms:g}, {frames} frame(s); it must be fewer "
+            f"frames than model.spectral.context_frames ({model.spectral.context_frames})"
+        )
 
 
 def config_dirs() -> list[Path]:

@@ -87,19 +87,7 @@ class Denoiser:
         cls, path: str | Path, device: str | None = None, ema: bool = True, **options
     ) -> Denoiser:
         """Load ``best.pt`` (or a ``best_model_*.pth`` copy) safely with ``weights_only``."""
-        payload = load_best(path)
-        try:
-            cfg = config.from_plain(payload["config"])
-        except (KeyError, config.ConfigError) as err:
-            raise CheckpointError(f"{path}: checkpoint config is unusable ({err})") from None
-        model = model_for(cfg)
-        try:
-            model.load_state_dict(payload["ema_model" if ema else "model"])
-        except (KeyError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0][:160]
-            raise CheckpointError(
-                f"{path}: weights do not fit its model config ({first})"
-            ) from None
+        model, cfg = model_from_checkpoint(path, ema)
         options.setdefault("segment", cfg.data.segment / cfg.data.sample_rate)
         options.setdefault("timestep", cfg.noise.infer_timestep)
         options.setdefault("steps", cfg.diffusion.steps)
@@ -206,6 +194,22 @@ class Denoiser:
                     if on_progress:
                         on_progress(block.shape[1] / meta.samplerate)
         return meta.frames / meta.samplerate
+
+
+def model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[torch.nn.Module, object]:
+    """The model of ``best.pt`` (its EMA weights unless ``ema`` is false) and its config."""
+    payload = load_best(path)
+    try:
+        cfg = config.from_plain(payload["config"])
+    except (KeyError, config.ConfigError) as err:
+        raise CheckpointError(f"{path}: checkpoint config is unusable ({err})") from None
+    model = model_for(cfg)
+    try:
+        model.load_state_dict(payload["ema_model" if ema else "model"])
+    except (KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise CheckpointError(f"{path}: weights do not fit its model config ({first})") from None
+    return model, cfg
 
 
 def denoise_audio(model_path, noisy_audio_path, output_path, device: str | None = None) -> Path:

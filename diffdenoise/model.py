@@ -205,13 +205,23 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     :class:`~diffdenoise.spectral.SpectralMaskModel` whose STFT is sized for ``sample_rate``.
     ``conditioned`` (a bridge objective) adds the noisy input beside the state.
     ``model.spectral_norm`` wraps the convolutions (:func:`apply_spectral_norm`).
+    ``model.causal`` gives the spectral family's causal form,
+    :class:`~diffdenoise.causal.CausalSpectralModel`, with ``model.lookahead_ms``.
     """
     from diffdenoise.spectral import SpectralMaskModel  # it imports this module
 
     kwargs = dict(cfg_model)
     family, spectral = kwargs.pop("family", "unet"), kwargs.pop("spectral", {})
     normed = kwargs.pop("spectral_norm", False)
-    if family == "spectral":
+    causal, lookahead_ms = kwargs.pop("causal", False), kwargs.pop("lookahead_ms", 0.0)
+    if causal:
+        from diffdenoise.causal import CausalSpectralModel
+
+        spectral = {k: v for k, v in dict(spectral).items() if k != "local_channels"}
+        model = CausalSpectralModel(
+            sample_rate, time_dim=kwargs["time_dim"], lookahead_ms=lookahead_ms, **spectral
+        )
+    elif family == "spectral":
         model = SpectralMaskModel(
             sample_rate, time_dim=kwargs["time_dim"], conditioned=conditioned, **dict(spectral)
         )

@@ -1,5 +1,8 @@
 """Streaming building blocks for inference: block-wise resampling and overlap-add.
 
+``python -m diffdenoise.stream IN OUT -c CKPT --chunk-ms 10`` streams a file through a
+causal model (:func:`diffdenoise.realtime.main`).
+
 Both work on a stream of ``(channels, n)`` float32 blocks of any size and give the same
 result as processing the whole signal at once (to float rounding), so a one-hour file is
 denoised in bounded memory with exactly the answer the in-memory path gives.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -211,3 +215,13 @@ def overlap_add(
             acc, weight, acc_start = acc[:, n:], weight[n:], acc_start + n
         if following < len(segments):
             source.drop_before(segments[following].start - context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffdenoise.realtime import main as live  # the model side, kept out of these blocks
+
+    return live(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

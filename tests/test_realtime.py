@@ -1,0 +1,177 @@
+"""The causal model, its frame-by-frame streaming, and the live-style CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+
+from diffdenoise import config, demo_data
+from diffdenoise.causal import CausalSpectralModel
+from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.metrics import si_sdr
+from diffdenoise.model import build_model, model_for
+from diffdenoise.realtime import StreamingDenoiser
+from tests.distributed import ROOT, python_run
+from tests.helpers import make_shards
+
+
+def trained_looking(lookahead_ms=0.0, context=3, layers=2) -> CausalSpectralModel:
+    """A small causal model with random (not zero) output weights, as after training."""
+    torch.manual_seed(0)
+    model = CausalSpectralModel(
+        16000, hidden=16, layers=layers, context_frames=context, noise_window_s=0.1,
+        correction_scale=0.5, lookahead_ms=lookahead_ms, time_dim=8,
+    )  # fmt: skip
+    for p in model.out.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+def offline(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+
+
+def streamed(model, x: np.ndarray, sizes, seed=0) -> np.ndarray:
+    live, rng, outs, i = StreamingDenoiser(model, 16000), np.random.default_rng(seed), [], 0
+    while i < x.size:
+        n = int(rng.choice(sizes))
+        outs.append(live.process(x[i : i + n]))
+        i += n
+    outs.append(live.flush())
+    return np.concatenate(outs)
+
+
+@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0, 16.0])
+def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms):
+    model = trained_looking(lookahead_ms)
+    x = np.random.default_rng(1).standard_normal(3001).astype(np.float32) * 0.1
+    want = offline(model, x)
+    for seed, sizes in enumerate([[1], [0, 1, 2, 7, 128, 333], [5000]]):
+        got = streamed(model, x, sizes, seed)
+        assert got.shape == x.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_flush_starts_a_new_stream_and_short_inputs_come_back_whole():
+    model = trained_looking()
+    live = StreamingDenoiser(model, 16000)
+    x = np.random.default_rng(2).standard_normal(700).astype(np.float32) * 0.1
+    first = np.concatenate([live.process(x), live.flush()])
+    second = np.concatenate([live.process(x), live.flush()])
+    np.testing.assert_array_equal(first, second)
+    assert live.process(x[:3]).size == 0 and live.flush().shape == (3,)
+    assert live.flush().size == 0  # an empty stream
+    with pytest.raises(ValueError, match="NaN"):
+        live.process(np.array([np.nan], np.float32))
+
+
+@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0])
+def test_no_output_depends_on_input_beyond_the_latency(lookahead_ms):
+    model = trained_looking(lookahead_ms)
+    latency = round(model.latency_ms * 16)  # samples at 16 kHz
+    assert latency == model.n_fft + model.lookahead * model.hop
+    x = np.random.default_rng(3).standard_normal(4000).astype(np.float32) * 0.1
+    changed = x.copy()
+    changed[2000:] += 0.5
+    moved = np.flatnonzero(np.abs(offline(model, changed) - offline(model, x)) > 1e-7)
+    assert moved[0] >= 2000 - latency + 1  # output n waits for input up to n + latency - 1
+    assert moved[0] <= 2000  # and it does react
+
+
+def test_untrained_causal_model_is_a_working_classical_filter():
+    rng = np.random.default_rng(4)
+    clean = demo_data.utterance(rng, 3.0, 16000).astype(np.float32)
+    noisy = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
+    out = offline(CausalSpectralModel(16000, hidden=8, layers=1, time_dim=8).eval(), noisy)
+    assert si_sdr(clean, out) > si_sdr(clean, noisy) + 3
+
+
+def test_realtime_config_meets_the_latency_target_and_builds_the_causal_model():
+    cfg = config.load([config.find_config("realtime")])
+    model = model_for(cfg)
+    assert isinstance(model, CausalSpectralModel) and cfg.data.sample_rate == 48000
+    assert model.latency_ms <= 20.0
+    plain = OmegaConf.merge(cfg.model, {"causal": False})
+    assert not isinstance(build_model(plain, 48000), CausalSpectralModel)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.family=unet"], "'model.causal' needs model.family: spectral"),
+        (["diffusion.objective=bridge"], "needs diffusion.objective: predictive"),
+        (["model.spectral.local_channels=8"], "'model.spectral.local_channels' reads frames"),
+        (["model.lookahead_ms=8"], r"'model.lookahead_ms' is 8, 1 frame\(s\); it must be fewer"),
+        (["model.lookahead_ms=-1"], "'model.lookahead_ms' is -1.0; it must be >= 0"),
+    ],
+)
+def test_causal_config_errors_are_one_line(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load([config.find_config("realtime")], overrides)
+
+
+CAUSAL = [
+    "model.family=spectral", "model.causal=true", "model.spectral.win_ms=16",
+    "model.spectral.hop_ms=8", "model.spectral.hidden=16", "model.spectral.layers=1",
+    "model.spectral.context_frames=1", "model.spectral.noise_window_s=0.2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def causal_checkpoint(tmp_path_factory):
+    """A causal model trained by the real training loop for a few steps."""
+    tmp = tmp_path_factory.mktemp("rt")
+    shards = make_shards(tmp, n=6)
+    runs = tmp / "runs"
+    python_run([
+        "launch/train.py", "configs/tiny.yaml", f"data.train_shards={shards}/train-*.tar",
+        f"data.val_shards={shards}/val-*.tar", f"train.runs_dir={runs}", "train.max_steps=4",
+        "train.val_every=4", "train.batch_size=2", "data.num_workers=0",
+        "log.wandb_mode=disabled", *CAUSAL,
+    ])  # fmt: skip
+    (best,) = runs.glob("*/best.pt")
+    return best
+
+
+def test_streaming_a_trained_checkpoint_equals_its_offline_model(causal_checkpoint):
+    live = StreamingDenoiser.from_checkpoint(causal_checkpoint)
+    assert live.sample_rate == 16000 and live.latency_ms == 16.0
+    x = np.random.default_rng(5).standard_normal(4000).astype(np.float32) * 0.1
+    want = offline(live.model, x)
+    got = np.concatenate([live.process(x[:1234]), live.process(x[1234:]), live.flush()])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_non_causal_checkpoint_is_refused_in_one_line(ckpt):
+    with pytest.raises(CheckpointError, match=f"{ckpt}: not a causal model"):
+        StreamingDenoiser.from_checkpoint(ckpt)
+
+
+def test_stream_cli_writes_the_file_and_prints_latency_and_chunk_times(causal_checkpoint, tmp_path):
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    rng = np.random.default_rng(6)
+    sf.write(src, (demo_data.utterance(rng, 1.5, 16000) * 0.5).astype(np.float32), 16000)
+    cmd = [sys.executable, "-m", "diffdenoise.stream", str(src), str(dst)]
+    run = subprocess.run(
+        [*cmd, "-c", str(causal_checkpoint), "--chunk-ms", "10"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "algorithmic latency 16.0 ms" in run.stdout
+    assert "in 150 chunks of 10.0 ms" in run.stdout and "p99" in run.stdout
+    out, rate = sf.read(dst)
+    assert rate == 16000 and out.shape == (24000,)
+    want = offline(StreamingDenoiser.from_checkpoint(causal_checkpoint).model, sf.read(src)[0])
+    np.testing.assert_allclose(out, want, atol=1e-4)  # the WAV's 16-bit rounding
+    missing = subprocess.run(
+        [*cmd[:3], str(tmp_path / "none.wav"), str(dst), "-c", str(causal_checkpoint)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'none.wav'}: ")
