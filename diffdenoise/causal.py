@@ -164,13 +164,18 @@ class CausalSpectralModel(nn.Module):
         }
 
     @torch.inference_mode()
-    def step(self, samples: torch.Tensor, state: dict, scale, shift):
+    def step(self, samples: torch.Tensor, state: dict, scale, shift, dft=None):
         """One frame: ``(batch, hop)`` new input samples -> ``(batch, hop)`` output samples
         and the next state. Until ``lookahead`` frames have passed the output is not yet
-        audio (the caller drops it); ``scale``, ``shift``: :meth:`film` at the timestep."""
+        audio (the caller drops it); ``scale``, ``shift``: :meth:`film` at the timestep.
+        ``dft``: how to take the frame's (inverse) real DFT, default :class:`TorchDft`."""
+        return self.step_graph(samples, state, scale, shift, dft or TorchDft())
+
+    def step_graph(self, samples, state: dict, scale, shift, dft) -> tuple:
+        """:meth:`step` without its inference mode, for tracing and export."""
         frame = torch.cat([state["history"], samples], -1)
-        spec = torch.fft.rfft(frame * self.analysis)
-        power = spec.real.square() + spec.imag.square() + POWER_EPS
+        real, imag = dft.rfft(frame * self.analysis)
+        power = real.square() + imag.square() + POWER_EPS
         started = (state["count"] > 0)[..., None]  # the first frame fills the smoothing past
         past = torch.where(started, state["power"], power[..., None].expand_as(state["power"]))
         powers = torch.cat([past[..., 1:], power[..., None]], -1)
@@ -185,18 +190,17 @@ class CausalSpectralModel(nn.Module):
         )
         feats = torch.cat([state["feats"][..., 1:], feats], -1)
         classicals = torch.cat([state["classical"][..., 1:], classical[..., None]], -1)
-        specs = torch.cat([state["spec"][:, :, 1:], torch.view_as_real(spec)[:, :, None]], 2)
+        spec = torch.stack([real, imag], -1)[:, :, None]  # (batch, bins, 1, 2)
+        specs = torch.cat([state["spec"][:, :, 1:], spec], 2)
         # The convolution at one position as a matrix product: conv1d's CPU kernel for a
         # 3-frame input costs 0.2 ms, a quarter of the step.
         h = F.linear(feats.flatten(1), self.inp.weight.flatten(1), self.inp.bias)
         h = F.leaky_relu(h, 0.2)[:, None]  # (batch, 1, hidden)
         ready = state["count"] >= self.lookahead  # this step's output frame exists
-        out, hidden = self.rnn(h * (1 + scale) + shift, state["h"])
+        out, hidden = gru_step(self.rnn, (h * (1 + scale) + shift)[:, 0], state["h"])
         hidden = torch.where(ready[None], hidden, state["h"])
-        gain = self.gain(self.out(out)[:, 0], classicals[..., 0])
-        piece = torch.fft.irfft(
-            torch.view_as_complex(specs[:, :, 0].contiguous()) * gain, self.n_fft
-        )
+        gain = self.gain(self.out(out), classicals[..., 0])
+        piece = dft.irfft(specs[:, :, 0, 0] * gain, specs[:, :, 0, 1] * gain, self.n_fft)
         piece = piece * self.synthesis * ready
         ola = torch.cat([state["ola"], torch.zeros_like(samples)], -1) + piece
         new = {
@@ -212,3 +216,57 @@ class CausalSpectralModel(nn.Module):
             "count": state["count"] + 1,
         }
         return ola[:, : self.hop], new
+
+
+def gru_step(rnn: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One time step of ``rnn``, written out (its equations in the ``nn.GRU`` docs): the
+    exporter cannot trace an ``nn.GRU`` inside a scan. ``x``: ``(batch, input)``, ``h``:
+    ``(layers, batch, hidden)``; returns the last layer's output and the new ``h``."""
+    new = []
+    for layer in range(rnn.num_layers):
+        weights = [getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh")]
+        biases = [getattr(rnn, f"{name}_l{layer}") for name in ("bias_ih", "bias_hh")]
+        r_i, z_i, n_i = F.linear(x, weights[0], biases[0]).chunk(3, -1)
+        r_h, z_h, n_h = F.linear(h[layer], weights[1], biases[1]).chunk(3, -1)
+        r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+        x = (1 - z) * torch.tanh(n_i + r * n_h) + z * h[layer]
+        new.append(x)
+    return x, torch.stack(new)
+
+
+class TorchDft:
+    """A frame's real DFT and its inverse as ``(real, imag)`` pairs, by ``torch.fft``."""
+
+    @staticmethod
+    def rfft(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = torch.fft.rfft(frame)
+        return spec.real, spec.imag
+
+    @staticmethod
+    def irfft(real: torch.Tensor, imag: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.fft.irfft(torch.complex(real, imag), n)
+
+
+class MatmulDft(nn.Module):
+    """The same transforms as matrix products. onnxruntime's DFT of a 768-point frame (not
+    a power of two) is slow and loses about 1e-4 of relative precision; a MatMul is
+    neither. ``(n_fft, bins)`` bases, a few MB."""
+
+    def __init__(self, n_fft: int):
+        super().__init__()
+        bins = n_fft // 2 + 1
+        angle = 2 * math.pi * torch.outer(torch.arange(n_fft), torch.arange(bins)).double() / n_fft
+        weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if n_fft % 2 == 0:
+            weight[-1] = 1.0  # the Nyquist bin appears once in a real signal's spectrum
+        self.register_buffer("cos", angle.cos().float())
+        self.register_buffer("sin", (-angle.sin()).float())
+        self.register_buffer("icos", (weight * angle.T.cos() / n_fft).float())
+        self.register_buffer("isin", (-weight * angle.T.sin() / n_fft).float())
+
+    def rfft(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return frame @ self.cos, frame @ self.sin
+
+    def irfft(self, real: torch.Tensor, imag: torch.Tensor, n: int) -> torch.Tensor:
+        return real @ self.icos + imag @ self.isin

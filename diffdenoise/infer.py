@@ -125,7 +125,8 @@ def write_plot(src: Path, dst: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.infer", description=__doc__)
     p.add_argument("inputs", nargs="+", help="audio files, folders (recursive) or globs")
-    p.add_argument("-c", "--checkpoint", required=True, help="best.pt or best_model_*.pth")
+    p.add_argument("-c", "--checkpoint", help="best.pt or best_model_*.pth")
+    p.add_argument("--onnx", help="an offline graph from diffdenoise.export, run in onnxruntime")
     p.add_argument("-o", "--output", help="output file (one input) or folder")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an input file")
     p.add_argument("--mode", choices=MODES, default="overlap", help="seed: the original 1 s cut")
@@ -145,6 +146,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_denoiser(args: argparse.Namespace, options: dict):
+    """The checkpoint's :class:`Denoiser`, or an ONNX graph's runner with ``--onnx``."""
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise UsageError("give one of -c CHECKPOINT and --onnx MODEL")
+    if args.onnx:
+        from diffdenoise.export import OnnxDenoiser
+
+        return OnnxDenoiser(args.onnx)
+    return Denoiser.from_checkpoint(
+        args.checkpoint, device=args.device, ema=not args.no_ema, mode=args.mode,
+        precision=args.precision, **options,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"overlap": args.overlap, "context": args.context, "batch_size": args.batch_size}
@@ -155,14 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         options["segment"] = args.segment
     try:
         jobs = plan_jobs(args.inputs, args.output, args.overwrite)
-        denoiser = Denoiser.from_checkpoint(
-            args.checkpoint,
-            device=args.device,
-            ema=not args.no_ema,
-            mode=args.mode,
-            precision=args.precision,
-            **options,
-        )
+        denoiser = load_denoiser(args, options)
     except (UsageError, CheckpointError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -50,3 +50,29 @@ def ckpt(tmp_path_factory):
     weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
     payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
     return save_best(tmp_path_factory.mktemp("ckpt"), payload, keep_copies=1)
+
+
+CAUSAL = [
+    "model.family=spectral", "model.causal=true", "model.spectral.win_ms=16",
+    "model.spectral.hop_ms=8", "model.spectral.hidden=16", "model.spectral.layers=1",
+    "model.spectral.context_frames=1", "model.spectral.noise_window_s=0.2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def causal_checkpoint(tmp_path_factory):
+    """A causal model trained by the real training loop for a few steps."""
+    from tests.distributed import python_run
+    from tests.helpers import make_shards
+
+    tmp = tmp_path_factory.mktemp("rt")
+    shards = make_shards(tmp, n=6)
+    runs = tmp / "runs"
+    python_run([
+        "launch/train.py", "configs/tiny.yaml", f"data.train_shards={shards}/train-*.tar",
+        f"data.val_shards={shards}/val-*.tar", f"train.runs_dir={runs}", "train.max_steps=4",
+        "train.val_every=4", "train.batch_size=2", "data.num_workers=0",
+        "log.wandb_mode=disabled", *CAUSAL,
+    ])  # fmt: skip
+    (best,) = runs.glob("*/best.pt")
+    return best

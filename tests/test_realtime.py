@@ -15,8 +15,7 @@ from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.metrics import si_sdr
 from diffdenoise.model import build_model, model_for
 from diffdenoise.realtime import StreamingDenoiser
-from tests.distributed import ROOT, python_run
-from tests.helpers import make_shards
+from tests.distributed import ROOT
 
 
 def trained_looking(lookahead_ms=0.0, context=3, layers=2) -> CausalSpectralModel:
@@ -113,29 +112,6 @@ def test_realtime_config_meets_the_latency_target_and_builds_the_causal_model():
 def test_causal_config_errors_are_one_line(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load([config.find_config("realtime")], overrides)
-
-
-CAUSAL = [
-    "model.family=spectral", "model.causal=true", "model.spectral.win_ms=16",
-    "model.spectral.hop_ms=8", "model.spectral.hidden=16", "model.spectral.layers=1",
-    "model.spectral.context_frames=1", "model.spectral.noise_window_s=0.2",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def causal_checkpoint(tmp_path_factory):
-    """A causal model trained by the real training loop for a few steps."""
-    tmp = tmp_path_factory.mktemp("rt")
-    shards = make_shards(tmp, n=6)
-    runs = tmp / "runs"
-    python_run([
-        "launch/train.py", "configs/tiny.yaml", f"data.train_shards={shards}/train-*.tar",
-        f"data.val_shards={shards}/val-*.tar", f"train.runs_dir={runs}", "train.max_steps=4",
-        "train.val_every=4", "train.batch_size=2", "data.num_workers=0",
-        "log.wandb_mode=disabled", *CAUSAL,
-    ])  # fmt: skip
-    (best,) = runs.glob("*/best.pt")
-    return best
 
 
 def test_streaming_a_trained_checkpoint_equals_its_offline_model(causal_checkpoint):

@@ -1,0 +1,94 @@
+"""ONNX export of a causal checkpoint: offline and streaming graphs, run in onnxruntime."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from diffdenoise import demo_data
+from diffdenoise.realtime import StreamingDenoiser
+from tests.distributed import ROOT
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def graphs(causal_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    paths = {"offline": out / "model.onnx", "streaming": out / "stream.onnx"}
+    for kind, path in paths.items():
+        flags = ["--streaming"] if kind == "streaming" else []
+        run = cli("diffdenoise.export", str(causal_checkpoint), "-o", str(path), *flags)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith(f"wrote {path} ({kind} graph,")
+    return paths
+
+
+def torch_offline(checkpoint, x: np.ndarray) -> np.ndarray:
+    model = StreamingDenoiser.from_checkpoint(checkpoint).model
+    with torch.no_grad():
+        return model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+
+
+def test_offline_graph_matches_torch_for_any_length(graphs, causal_checkpoint):
+    from diffdenoise.export import OnnxDenoiser
+
+    onnx = OnnxDenoiser(graphs["offline"])
+    assert onnx.sample_rate == 16000 and onnx.meta["latency_ms"] == 16.0
+    for length in (1, 255, 4001):  # one dynamic graph for every length
+        x = np.random.default_rng(length).standard_normal(length).astype(np.float32) * 0.1
+        got = onnx(x)
+        assert got.shape == (length,)
+        np.testing.assert_allclose(got, torch_offline(causal_checkpoint, x), atol=1e-4)
+
+
+def test_streaming_graph_carries_its_state_like_the_torch_streamer(graphs, causal_checkpoint):
+    session = ort.InferenceSession(str(graphs["streaming"]))
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    live = StreamingDenoiser.from_checkpoint(causal_checkpoint)
+    state = {k: v.numpy() for k, v in live.model.initial_state(1).items()}
+    assert meta["states"] == list(state) and meta["hop"] == live.hop
+    x = np.random.default_rng(7).standard_normal(40 * live.hop).astype(np.float32) * 0.1
+    outs = []
+    for block in x.reshape(-1, 1, live.hop):
+        result = session.run(None, {"samples": block, **state})
+        outs.append(result[0][0])
+        state = dict(zip(meta["states"], result[1:]))
+    got = np.concatenate(outs)[live.model.n_fft - live.hop :]  # the leading past, as the streamer
+    want = live.process(x)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_infer_runs_an_onnx_graph(graphs, causal_checkpoint, tmp_path):
+    src, dst = tmp_path / "noisy.wav", tmp_path / "clean.wav"
+    x = (demo_data.utterance(np.random.default_rng(8), 1.0, 16000) * 0.5).astype(np.float32)
+    sf.write(src, x, 16000, subtype="FLOAT")
+    run = cli("diffdenoise.infer", str(src), "--onnx", str(graphs["offline"]), "-o", str(dst))
+    assert run.returncode == 0, run.stderr
+    assert "on onnxruntime (CPU)" in run.stdout
+    np.testing.assert_allclose(sf.read(dst)[0], torch_offline(causal_checkpoint, x), atol=1e-4)
+    both = cli("diffdenoise.infer", str(src), "--onnx", "m.onnx", "-c", "best.pt")
+    assert both.returncode == 2
+    assert both.stderr.strip() == "error: give one of -c CHECKPOINT and --onnx MODEL"
+    streaming = cli("diffdenoise.infer", str(src), "--onnx", str(graphs["streaming"]))
+    assert streaming.returncode == 2
+    assert "not an offline diffdenoise graph (export without --streaming)" in streaming.stderr
+
+
+def test_export_refuses_a_non_causal_checkpoint_in_one_line(ckpt, tmp_path):
+    run = cli("diffdenoise.export", str(ckpt), "-o", str(tmp_path / "m.onnx"))
+    assert run.returncode == 2 and not (tmp_path / "m.onnx").exists()
+    assert run.stderr.strip() == (
+        f"error: {ckpt}: export needs a causal model (model.causal: true, as in "
+        "configs/realtime.yaml)"
+    )
