@@ -15,7 +15,7 @@ DEMO_DIR := demo
 DEMO_MINUTES ?= 10
 DEMO_STEPS ?= 1000
 
-.PHONY: install test test-fast lint format demo shards train infer eval bench quality devcorpus clean
+.PHONY: install test test-fast lint format demo shards train infer eval bench quality quality-causal devcorpus clean
 
 install: $(STAMP)
 
@@ -80,6 +80,11 @@ QUALITY_ARGS ?=
 quality: $(STAMP) $(if $(CLEAN_DIR),,$(DEVCORPUS)/speech/meta.json)
 	$(PY) -m diffdenoise.quality --clean-dir $(QUALITY_CLEAN) --noise-dir $(QUALITY_NOISE) \
 		--minutes $(QUALITY_MINUTES) $(QUALITY_ARGS)
+
+# The quality cost of causality (bench B17): realtime.yaml against default.yaml, same budget.
+quality-causal: $(STAMP) $(if $(CLEAN_DIR),,$(DEVCORPUS)/speech/meta.json)
+	$(PY) -m diffdenoise.quality --clean-dir $(QUALITY_CLEAN) --noise-dir $(QUALITY_NOISE) \
+		--minutes $(QUALITY_MINUTES) --recipes default,realtime --out bench/causal $(QUALITY_ARGS)
 
 # About 30 minutes of TTS speech and 5 noises (../shared/devcorpus/build.py, Debian TTS voices).
 DEVCORPUS_SCRIPT ?= ../shared/devcorpus/build.py

@@ -360,6 +360,10 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
         rows.append(bench_data.bench_mixing())
     if want("B11"):
         rows.append(bench_data.bench_data_wait(work, bench_data.format_shards(work)["flac"]))
+    if any(want(f"B{i}") for i in range(12, 18)):
+        from diffdenoise.bench_realtime import bench_realtime
+
+        rows.extend(r for r in bench_realtime() if want(r["id"]))
     return sorted(rows, key=lambda r: int(r["id"][1:]))
 
 

@@ -85,7 +85,8 @@ class StreamingDenoiser:
         total = self.model.frames_for(self.seen) + self.model.lookahead
         padded = np.zeros((total - self.frames) * self.hop, np.float32)
         padded[: self.pending.size] = self.pending
-        out = self._run(padded)[: self.seen - self.emitted]
+        wanted = self.seen - self.emitted
+        out = self._run(padded)[:wanted]
         self.reset()
         return out
 

@@ -179,3 +179,15 @@ def test_step_systems_share_the_model_and_change_only_the_steps():
     assert list(systems) == ["b@1", "b@2", "b@4", "b@8"]
     assert [d.steps for d in systems.values()] == [1, 2, 4, 8] and base.steps == 4
     assert all(d.model is base.model for d in systems.values())
+
+
+@pytest.mark.slow
+def test_realtime_rows_measure_the_realtime_config(tmp_path):
+    out = tmp_path / "r.json"
+    assert bench.main(["--only", "B12,B13,B16,B17", "--out", str(out)]) == 0
+    rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["B12", "B13", "B16", "B17"]
+    assert rows["B12"]["value"] == 16.0 and rows["B12"]["pass"] is True
+    assert rows["B13"]["value"] <= 1e-5  # streamed = offline, whatever the machine's speed
+    assert rows["B16"]["value"] > 0 and rows["B16"]["offline_graph_rtf"] > 0
+    assert rows["B17"]["pass"] is None  # a recorded comparison, reported

@@ -26,3 +26,12 @@ def test_quality_takes_any_speech_and_noise_folders():
     line = out.replace("\\\n", " ")
     assert "--clean-dir my/speech --noise-dir my/noise" in line and "--minutes 3" in line
     assert "devcorpus" not in out  # no TTS corpus is built when folders are given
+
+
+def test_quality_causal_compares_realtime_with_default_into_bench_causal():
+    out = dry_run("quality-causal", "CLEAN_DIR=my/speech", "NOISE_DIR=my/noise")
+    line = out.replace("\\\n", " ")
+    assert "--recipes default,realtime --out bench/causal" in line  # where bench B17 reads
+    from diffdenoise.bench_realtime import QUALITY
+
+    assert QUALITY.parent.name == "causal" and QUALITY.parent.parent.name == "bench"

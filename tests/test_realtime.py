@@ -45,12 +45,14 @@ def streamed(model, x: np.ndarray, sizes, seed=0) -> np.ndarray:
     return np.concatenate(outs)
 
 
-@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0, 16.0])
-def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms):
+@pytest.mark.parametrize(
+    "lookahead_ms, length", [(0.0, 3001), (8.0, 3001), (16.0, 3001), (0.0, 6400)]
+)
+def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms, length):
     model = trained_looking(lookahead_ms)
-    x = np.random.default_rng(1).standard_normal(3001).astype(np.float32) * 0.1
+    x = np.random.default_rng(1).standard_normal(length).astype(np.float32) * 0.1
     want = offline(model, x)
-    for seed, sizes in enumerate([[1], [0, 1, 2, 7, 128, 333], [5000]]):
+    for seed, sizes in enumerate([[1], [0, 1, 2, 7, 128, 333], [160], [10000]]):
         got = streamed(model, x, sizes, seed)
         assert got.shape == x.shape
         np.testing.assert_allclose(got, want, atol=1e-5)
