@@ -226,8 +226,11 @@ def gru_step(rnn: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tenso
     for layer in range(rnn.num_layers):
         weights = [getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh")]
         biases = [getattr(rnn, f"{name}_l{layer}") for name in ("bias_ih", "bias_hh")]
-        r_i, z_i, n_i = F.linear(x, weights[0], biases[0]).chunk(3, -1)
-        r_h, z_h, n_h = F.linear(h[layer], weights[1], biases[1]).chunk(3, -1)
+        size = rnn.hidden_size  # slices, not chunk(): chunk exports as a tensor sequence
+        gates_i = F.linear(x, weights[0], biases[0])
+        gates_h = F.linear(h[layer], weights[1], biases[1])
+        r_i, z_i, n_i = (gates_i[..., k * size : (k + 1) * size] for k in range(3))
+        r_h, z_h, n_h = (gates_h[..., k * size : (k + 1) * size] for k in range(3))
         r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
         x = (1 - z) * torch.tanh(n_i + r * n_h) + z * h[layer]
         new.append(x)
@@ -247,26 +250,49 @@ class TorchDft:
         return torch.fft.irfft(torch.complex(real, imag), n)
 
 
-class MatmulDft(nn.Module):
-    """The same transforms as matrix products. onnxruntime's DFT of a 768-point frame (not
-    a power of two) is slow and loses about 1e-4 of relative precision; a MatMul is
-    neither. ``(n_fft, bins)`` bases, a few MB."""
+class FactoredDft(nn.Module):
+    """The same transforms in small matrix products, for export: onnxruntime's DFT of a
+    768-point frame (not a power of two) is slow and loses about 1e-4 of relative
+    precision, and one dense ``(768, 770)`` matrix makes each frame stream 2.4 MB of
+    weights. ``N = N1 * N2`` splits it (Cooley-Tukey, one step): a length-``N1`` DFT, a
+    twiddle, a length-``N2`` DFT, about a quarter of the dense product's work."""
 
     def __init__(self, n_fft: int):
         super().__init__()
-        bins = n_fft // 2 + 1
-        angle = 2 * math.pi * torch.outer(torch.arange(n_fft), torch.arange(bins)).double() / n_fft
-        weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
-        weight[0] = 1.0
-        if n_fft % 2 == 0:
-            weight[-1] = 1.0  # the Nyquist bin appears once in a real signal's spectrum
-        self.register_buffer("cos", angle.cos().float())
-        self.register_buffer("sin", (-angle.sin()).float())
-        self.register_buffer("icos", (weight * angle.T.cos() / n_fft).float())
-        self.register_buffer("isin", (-weight * angle.T.sin() / n_fft).float())
+        n1 = max(d for d in range(1, math.isqrt(n_fft) + 1) if n_fft % d == 0)
+        self.n, self.n1, self.n2, self.bins = n_fft, n1, n_fft // n1, n_fft // 2 + 1
+        for name, rows, cols, size in (("1", n1, n1, n1), ("2", self.n2, self.n2, self.n2),
+                                       ("t", self.n2, n1, n_fft)):  # fmt: skip
+            angle = 2 * math.pi * torch.outer(torch.arange(rows), torch.arange(cols)).double()
+            self.register_buffer(f"cos{name}", (angle / size).cos().float())
+            self.register_buffer(f"sin{name}", (angle / size).sin().float())
+
+    def dft(self, real, imag, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Complex DFT of ``(..., N)`` pairs with kernel ``exp(sign * 2 pi i n k / N)``."""
+        lead = real.shape[:-1]
+        real, imag = (x.reshape(*lead, self.n1, self.n2).transpose(-1, -2) for x in (real, imag))
+        sin1, sint, sin2 = sign * self.sin1, sign * self.sint, sign * self.sin2
+        a_re, a_im = real @ self.cos1 - imag @ sin1, real @ sin1 + imag @ self.cos1
+        t_re = (a_re * self.cost - a_im * sint).transpose(-1, -2)
+        t_im = (a_re * sint + a_im * self.cost).transpose(-1, -2)
+        out_re, out_im = t_re @ self.cos2 - t_im @ sin2, t_re @ sin2 + t_im @ self.cos2
+        return (x.transpose(-1, -2).reshape(*lead, self.n) for x in (out_re, out_im))
 
     def rfft(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return frame @ self.cos, frame @ self.sin
+        real, imag = self.dft(frame, torch.zeros_like(frame), -1.0)
+        return real[..., : self.bins], imag[..., : self.bins]
 
     def irfft(self, real: torch.Tensor, imag: torch.Tensor, n: int) -> torch.Tensor:
-        return real @ self.icos + imag @ self.isin
+        mirrored = self.n - self.bins  # bins N - k, conjugates of bins k
+        edges = 2 if self.n % 2 == 0 else 1  # DC (and Nyquist): their imaginary part is ignored
+        imag = torch.cat(
+            [
+                imag[..., :1] * 0,
+                imag[..., 1 : self.bins + 1 - edges],
+                imag[..., self.bins + 1 - edges :] * 0,
+            ],
+            -1,
+        )
+        real = torch.cat([real, real[..., 1 : 1 + mirrored].flip(-1)], -1)
+        imag = torch.cat([imag, -imag[..., 1 : 1 + mirrored].flip(-1)], -1)
+        return next(iter(self.dft(real, imag, 1.0))) / self.n

@@ -1,7 +1,7 @@
 """``python -m diffdenoise.export CKPT -o model.onnx [--streaming]``: a causal model to ONNX.
 
 Both graphs are the model's one-frame step (:meth:`CausalSpectralModel.step_graph`), with its
-DFTs as matrix products (:class:`~diffdenoise.causal.MatmulDft`):
+DFTs as small matrix products (:class:`~diffdenoise.causal.FactoredDft`):
 
 - offline (default): ``blocks (frames, 1, hop)`` -> ``(frames, 1, hop)``, the step scanned
   over a dynamic number of frames (an ONNX ``Scan``); :class:`OnnxDenoiser` pads a file
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from diffdenoise import audio
-from diffdenoise.causal import CausalSpectralModel, MatmulDft
+from diffdenoise.causal import CausalSpectralModel, FactoredDft
 from diffdenoise.checkpoint import CheckpointError
 
 # onnxscript's optimizer takes "+ 1e-10" for "+ 0" and drops it (the log of a silent frame
@@ -44,7 +44,7 @@ class _Step(nn.Module):
 
     def __init__(self, model: CausalSpectralModel, timestep: int):
         super().__init__()
-        self.model, self.dft = model.eval(), MatmulDft(model.n_fft)
+        self.model, self.dft = model.eval(), FactoredDft(model.n_fft)
         self.names = list(model.initial_state(1))
         with torch.no_grad():
             scale, shift = model.film(torch.full((1,), float(timestep)))

@@ -15,7 +15,9 @@ def describe(path: str) -> str:
     model = model_for(cfg)
     rate = cfg.data.sample_rate
     gflops = gflops_per_second(model, rate)
-    kind = "spectral" if cfg.model.family == "spectral" else "U-Net" if cfg.model.skips else "plain"
+    kind = "U-Net" if cfg.model.skips else "plain"
+    if cfg.model.family == "spectral":
+        kind = "causal" if cfg.model.causal else "spectral"
     calls = ""
     if cfg.diffusion.objective == "bridge" and cfg.diffusion.steps > 1:
         calls = f", x {cfg.diffusion.steps} sampler steps"
