@@ -29,6 +29,7 @@ from torch import nn
 from diffdenoise import audio
 from diffdenoise.causal import CausalSpectralModel, FactoredDft
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.denoiser import Denoiser
 
 # onnxscript's optimizer takes "+ 1e-10" for "+ 0" and drops it (the log of a silent frame
 # became NaN); onnxruntime optimises the graph when it loads it anyway.
@@ -139,16 +140,19 @@ class OnnxDenoiser:
         out = self.session.run(None, {"blocks": blocks.reshape(frames, 1, hop)})[0]
         return out.reshape(-1)[ahead * hop + past :][:length]
 
-    def denoise_file(self, src: Path, dst: Path, on_progress=None) -> float:
-        """Denoise every channel of ``src`` into ``dst`` at the input's rate; returns seconds."""
-        wave, rate = audio.read(src)
+    def stream(self, blocks, rate: int, channels: int, frames: int):
+        """``(channels, n)`` blocks of one file -> its denoised audio, one block (the graph
+        takes the whole input; it is causal, so nothing is gained by cutting it)."""
+        wave = np.concatenate(list(blocks), axis=1)
+        if not np.isfinite(wave).all():
+            raise audio.AudioError("audio contains NaN or infinite samples")
         model_rate = audio.resample(wave, rate, self.sample_rate)
         out = np.stack([self(channel) for channel in model_rate])
-        audio.write(dst, audio.resample(out, self.sample_rate, rate), rate)
-        seconds = wave.shape[-1] / rate
-        if on_progress:
-            on_progress(round(seconds, 2))
-        return seconds
+        yield audio.resample(out, self.sample_rate, rate)[:, :frames]
+
+    # The checkpoint denoiser's file handling (atomic write, the input's format and subtype)
+    # needs only ``stream`` from its object.
+    denoise_file = Denoiser.denoise_file
 
 
 def main(argv: list[str] | None = None) -> int:

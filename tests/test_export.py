@@ -77,6 +77,11 @@ def test_infer_runs_an_onnx_graph(graphs, causal_checkpoint, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "on onnxruntime (CPU)" in run.stdout
     np.testing.assert_allclose(sf.read(dst)[0], torch_offline(causal_checkpoint, x), atol=1e-4)
+    bad = tmp_path / "nan.wav"
+    sf.write(bad, np.full(800, np.nan, np.float32), 16000, subtype="FLOAT")
+    failed = cli("diffdenoise.infer", str(bad), "--onnx", str(graphs["offline"]), "-o", "x.wav")
+    assert failed.returncode == 1 and not (ROOT / "x.wav").exists()
+    assert f"error: {bad}: NaN or infinite samples at 0.00 s" in failed.stderr
     both = cli("diffdenoise.infer", str(src), "--onnx", "m.onnx", "-c", "best.pt")
     assert both.returncode == 2
     assert both.stderr.strip() == "error: give one of -c CHECKPOINT and --onnx MODEL"

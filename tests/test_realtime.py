@@ -153,3 +153,18 @@ def test_stream_cli_writes_the_file_and_prints_latency_and_chunk_times(causal_ch
     assert missing.returncode == 2
     (line,) = missing.stderr.strip().splitlines()
     assert line.startswith(f"error: {tmp_path / 'none.wav'}: ")
+
+
+@pytest.mark.parametrize("n_fft", [15, 16, 256, 768])
+def test_factored_dft_is_torch_fft(n_fft):
+    from diffdenoise.causal import FactoredDft
+
+    dft, x = FactoredDft(n_fft), torch.randn(3, n_fft)
+    spec = torch.fft.rfft(x)
+    real, imag = dft.rfft(x)
+    scale = spec.abs().max()
+    assert (real - spec.real).abs().max() < 1e-6 * scale * n_fft**0.5
+    assert (imag - spec.imag).abs().max() < 1e-6 * scale * n_fft**0.5
+    re, im = torch.randn(2, n_fft // 2 + 1), torch.randn(2, n_fft // 2 + 1)
+    want = torch.fft.irfft(torch.complex(re, im), n_fft)  # ignores DC's (and Nyquist's) imag
+    torch.testing.assert_close(dft.irfft(re, im, n_fft), want, atol=1e-6, rtol=0)
