@@ -56,7 +56,7 @@ def bench_realtime() -> list[dict]:
     finally:
         torch.set_num_threads(threads)
     ms = seconds * 1000
-    rtf, p99 = ms.sum() / (SECONDS * 1000), float(np.percentile(ms, 99))
+    rtf, p99 = float(ms.sum()) / (SECONDS * 1000), float(np.percentile(ms, 99))
     difference = float(np.abs(out - offline).max())
     budget = f"<= half the {CHUNK_MS:g} ms chunk"
     rows = [
