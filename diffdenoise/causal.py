@@ -23,7 +23,14 @@ from torch.nn import functional as F
 
 from diffdenoise.kernels import decision_directed
 from diffdenoise.model import check_input, sinusoidal_embedding
-from diffdenoise.spectral import DD_SMOOTHING, GAIN_EPS, MIN_STATS_BIAS, SMOOTH_FRAMES
+from diffdenoise.spectral import (
+    DD_SMOOTHING,
+    MIN_STATS_BIAS,
+    SMOOTH_FRAMES,
+    corrected_gain,
+    correction_head,
+    film_mlp,
+)
 
 POWER_EPS = 1e-10  # absolute floor: a causal model has no segment level to scale one by
 
@@ -73,14 +80,7 @@ class CausalSpectralModel(nn.Module):
         self.register_buffer("synthesis", analysis * 2 / self.overlap, persistent=False)
         self.inp = nn.Conv1d(3 * self.bins, hidden, context_frames)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(time_dim, 4 * time_dim), nn.SiLU(), nn.Linear(4 * time_dim, 2 * hidden)
-        )
-        nn.init.zeros_(self.time_mlp[-1].weight)
-        nn.init.zeros_(self.time_mlp[-1].bias)
-        self.out = nn.Linear(hidden, self.bins)
-        nn.init.zeros_(self.out.weight)  # untrained = the classical gain (or 0.5 without it)
-        nn.init.zeros_(self.out.bias)
+        self.time_mlp, self.out = film_mlp(time_dim, hidden), correction_head(hidden, self.bins)
 
     @property
     def latency_ms(self) -> float:
@@ -139,10 +139,7 @@ class CausalSpectralModel(nn.Module):
         return self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
 
     def gain(self, correction: torch.Tensor, classical: torch.Tensor) -> torch.Tensor:
-        if not self.training:  # a share of the correction generalises better, as offline
-            correction = correction * self.correction_scale
-        base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if self.prior else 0.0
-        return torch.sigmoid(base + correction)
+        return corrected_gain(self, correction, classical)
 
     # --- one frame at a time ---------------------------------------------------------
 

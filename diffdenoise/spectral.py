@@ -87,6 +87,35 @@ def wiener_gain(power: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.T
     return decision_directed_gain(power, quiet), log_snrs
 
 
+def film_mlp(time_dim: int, hidden: int) -> nn.Sequential:
+    """The timestep embedding -> FiLM ``(scale, shift)``, zero at the start (no effect)."""
+    mlp = nn.Sequential(
+        nn.Linear(time_dim, 4 * time_dim), nn.SiLU(), nn.Linear(4 * time_dim, 2 * hidden)
+    )
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+def correction_head(hidden: int, bins: int) -> nn.Linear:
+    """Hidden state -> gain correction per bin; zero at the start, so an untrained model
+    is the classical gain (or 0.5 without it)."""
+    head = nn.Linear(hidden, bins)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def corrected_gain(model: nn.Module, correction: torch.Tensor, classical: torch.Tensor):
+    """``sigmoid(logit(classical gain) + correction)``, in ``[0, 1]``."""
+    if not model.training:
+        # Trained corrections overshoot on noise and speech the model has not seen:
+        # applying a share of them generalises better (measured on held-out speech).
+        correction = correction * model.correction_scale
+    base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if model.prior else 0.0
+    return torch.sigmoid(base + correction)
+
+
 def local_head(features: int, channels: int) -> nn.Sequential:
     """2-D convolutions over (freq, frames), shared by every bin: the per-bin correction
     from its neighbourhood (+-1 bin, about +-7 frames), which a dense layer over all bins
@@ -140,14 +169,7 @@ class SpectralMaskModel(nn.Module):
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(time_dim, 4 * time_dim), nn.SiLU(), nn.Linear(4 * time_dim, 2 * hidden)
-        )
-        nn.init.zeros_(self.time_mlp[-1].weight)
-        nn.init.zeros_(self.time_mlp[-1].bias)
-        self.out = nn.Linear(hidden, self.bins)
-        nn.init.zeros_(self.out.weight)  # untrained = the classical gain (or 0.5 without it)
-        nn.init.zeros_(self.out.bias)
+        self.time_mlp, self.out = film_mlp(time_dim, hidden), correction_head(hidden, self.bins)
         self.local = local_head(feats, local_channels) if local_channels else None
 
     def stft(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,12 +197,7 @@ class SpectralMaskModel(nn.Module):
         if self.local is not None:
             stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
             correction = correction + self.local(stacked)[:, 0]
-        if not self.training:
-            # Trained corrections overshoot on noise and speech the model has not seen:
-            # applying a share of them generalises better (measured on held-out speech).
-            correction = correction * self.correction_scale
-        base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if self.prior else 0.0
-        return torch.sigmoid(base + correction)
+        return corrected_gain(self, correction, classical)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond=None) -> torch.Tensor:
         """``(batch, 1, time)`` noisy waveform -> ``(batch, 1, time)`` denoised waveform. A
