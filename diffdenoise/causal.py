@@ -25,13 +25,17 @@ from diffdenoise.kernels import decision_directed
 from diffdenoise.model import check_input, sinusoidal_embedding
 from diffdenoise.spectral import (
     DD_SMOOTHING,
-    MIN_STATS_BIAS,
     SMOOTH_FRAMES,
     corrected_gain,
     correction_head,
     film_mlp,
 )
 
+# The untrained causal model (the classical gain alone) on held-out speech, mean over -5..20
+# dB input, SI-SDR: 5.99 dB with the offline model's minimum-statistics bias (5.5), 7.98 at
+# 1.5, 8.21 at 1.0, 8.28 at 0.7 (noisy: 7.50). The trailing minimum of a one-second window
+# that holds speech is already high; scaled up, it takes speech for noise.
+CAUSAL_NOISE_BIAS = 1.0
 POWER_EPS = 1e-10  # absolute floor: a causal model has no segment level to scale one by
 
 
@@ -73,6 +77,7 @@ class CausalSpectralModel(nn.Module):
                 f"fewer than context_frames ({context_frames})"
             )
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
+        self.noise_bias = CAUSAL_NOISE_BIAS
         self.prior, self.time_dim, self.correction_scale = prior, time_dim, correction_scale
         analysis = torch.hann_window(self.n_fft, periodic=True).sqrt()
         self.register_buffer("analysis", analysis, persistent=False)
@@ -123,7 +128,7 @@ class CausalSpectralModel(nn.Module):
         padded = F.pad(power, (SMOOTH_FRAMES - 1, 0), mode="replicate")
         smooth = F.avg_pool1d(padded, SMOOTH_FRAMES, stride=1)
         past = F.pad(smooth, (self.window_frames - 1, 0), value=math.inf)
-        noise = MIN_STATS_BIAS * -F.max_pool1d(-past, self.window_frames, stride=1)
+        noise = self.noise_bias * -F.max_pool1d(-past, self.window_frames, stride=1)
         classical = decision_directed(power / noise, DD_SMOOTHING)
         return self.stack(power, smooth, noise, classical), classical
 
@@ -178,7 +183,7 @@ class CausalSpectralModel(nn.Module):
         powers = torch.cat([past[..., 1:], power[..., None]], -1)
         smooth = powers.mean(-1)
         smooths = torch.cat([state["smooth"][..., 1:], smooth[..., None]], -1)
-        noise = MIN_STATS_BIAS * smooths.amin(-1)
+        noise = self.noise_bias * smooths.amin(-1)
         posterior = power / noise
         prior = DD_SMOOTHING * state["dd"] + (1 - DD_SMOOTHING) * (posterior - 1).clamp_min(0)
         classical = prior / (1 + prior)
