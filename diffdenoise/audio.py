@@ -16,6 +16,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from diffdenoise import flacseek
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
 MEMBER_EXTENSIONS = ("flac", "wav")  # how audio is stored inside a shard's samples
 # Shard formats: the member each one writes. FLAC is compact, for archives; the WAV forms
@@ -110,11 +112,13 @@ def resample(audio: np.ndarray | torch.Tensor, orig: int, new: int) -> np.ndarra
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str = "flac") -> bytes:
-    """``(time,)`` float32 -> FLAC (16-bit), WAV 16-bit (``pcm16``) or WAV float bytes."""
+    """``(time,)`` float32 -> FLAC (16-bit, with a seek table: see
+    :mod:`diffdenoise.flacseek`), WAV 16-bit (``pcm16``) or WAV float bytes."""
     buf = io.BytesIO()
     if fmt == "flac":
         sf.write(buf, np.clip(audio, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
-    elif fmt == "pcm16":
+        return flacseek.add_seektable(buf.getvalue())
+    if fmt == "pcm16":
         sf.write(buf, np.clip(audio, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
     elif fmt == "wav":
         sf.write(buf, audio, rate, format="WAV", subtype="FLOAT")

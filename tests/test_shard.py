@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import audio, shard
+from diffdenoise import audio, flacseek, shard
 from tests.helpers import make_corpus, write_speech
 
 
@@ -361,6 +361,9 @@ def test_pcm16_and_flac_shards_hold_the_same_audio_within_one_lsb(tmp_path):
         assert np.abs(flac[key] - pcm[key]).max() <= 1 / 32768
     manifest = json.loads((tmp_path / "s" / "pcm16" / "manifest.json").read_text())
     assert manifest["format"] == "pcm16"
+    with tarfile.open(tmp_path / "s" / "flac" / "train-000000.tar") as tar:
+        member = next(tar.extractfile(m).read() for m in tar if m.name.endswith(".flac"))
+    assert member[42] & 0x7F == flacseek.SEEKTABLE  # crops seek in one step (flacseek)
 
 
 def test_training_refuses_shards_of_a_format_it_cannot_read(tmp_path, capsys):
