@@ -219,6 +219,66 @@ class CausalSpectralModel(nn.Module):
         }
         return ola[:, : self.hop], new
 
+    @torch.inference_mode()
+    def run_frames(self, samples: torch.Tensor, state: dict, scale, shift) -> tuple:
+        """Many frames at once: ``(batch, frames * hop)`` new input samples -> as many
+        output samples and the next state, equal to :meth:`step` called once per frame
+        (to float rounding), at the offline model's speed. Every row of the batch must be
+        at the same frame of its stream (``state["count"]``)."""
+        hop, n = self.hop, samples.shape[-1] // self.hop
+        if n == 0:
+            return samples[:, :0], state
+        wave = torch.cat([state["history"], samples], -1)
+        real_imag = torch.fft.rfft(wave.unfold(-1, self.n_fft, hop) * self.analysis)
+        spec = real_imag.transpose(1, 2)  # (batch, bins, n)
+        power = spec.real.square() + spec.imag.square() + POWER_EPS
+        started = (state["count"] > 0)[..., None]  # the first frame fills the smoothing past
+        past = torch.where(started, state["power"], power[..., :1].expand_as(state["power"]))
+        powers = torch.cat([past[..., 1:], power], -1)
+        smooth = F.avg_pool1d(powers, SMOOTH_FRAMES, stride=1)
+        smooths = torch.cat([state["smooth"][..., 1:], smooth], -1)
+        noise = self.noise_bias * -F.max_pool1d(-smooths, self.window_frames, stride=1)
+        posterior = power / noise
+        classical = decision_directed(posterior, DD_SMOOTHING, state["dd"])
+        feats = torch.cat(
+            [state["feats"][..., 1:], self.stack(power, smooth, noise, classical)], -1
+        )
+        classicals = torch.cat([state["classical"][..., 1:], classical], -1)
+        pair = torch.stack([spec.real, spec.imag], -1)  # (batch, bins, n, 2)
+        specs = torch.cat([state["spec"][:, :, 1:], pair], 2)
+        # frames before the lookahead has passed give no output and leave the GRU as it is
+        wait = max(0, min(n, self.lookahead - int(state["count"][0, 0])))
+        ola, hidden = self._synthesise(feats, classicals, specs, wait, n, state, scale, shift)
+        new = {
+            "history": wave[:, n * hop :],
+            "power": powers[..., -SMOOTH_FRAMES:],
+            "smooth": smooths[..., -self.window_frames :],
+            "dd": classical[..., -1].square() * posterior[..., -1],
+            "feats": feats[..., -self.context :],
+            "classical": classicals[..., -(self.lookahead + 1) :],
+            "spec": specs[:, :, -(self.lookahead + 1) :],
+            "ola": ola[:, (n - wait) * hop :],
+            "h": hidden,
+            "count": state["count"] + n,
+        }
+        quiet = samples.new_zeros(samples.shape[0], wait * hop)
+        return torch.cat([quiet, ola[:, : (n - wait) * hop]], -1), new
+
+    def _synthesise(self, feats, classicals, specs, wait: int, n: int, state, scale, shift):
+        """:meth:`run_frames`' output frames ``wait..n``: the conv, GRU, gain and
+        overlap-add; returns the overlap-added samples (with the next tail) and the GRU's
+        state."""
+        if wait == n:
+            return state["ola"], state["h"]
+        h = F.leaky_relu(self.inp(feats), 0.2).transpose(1, 2)[:, wait:]
+        out, hidden = self.rnn(h * (1 + scale) + shift, state["h"])
+        gain = self.gain(self.out(out).transpose(1, 2), classicals[..., wait:n])
+        spec = torch.complex(specs[:, :, wait:n, 0], specs[:, :, wait:n, 1])
+        pieces = torch.fft.irfft(spec * gain, self.n_fft, dim=1) * self.synthesis[:, None]
+        span = (n - wait) * self.hop + self.n_fft - self.hop
+        ola = F.fold(pieces, (1, span), (1, self.n_fft), stride=(1, self.hop))[:, 0, 0]
+        return ola + F.pad(state["ola"], (0, span - state["ola"].shape[-1])), hidden
+
 
 def gru_step(rnn: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One time step of ``rnn``, written out (its equations in the ``nn.GRU`` docs): the

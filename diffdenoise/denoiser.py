@@ -4,6 +4,11 @@ Audio of any length, rate and channel count goes through the same streaming path
 resample to the model's rate, cut into overlapping segments padded with real
 neighbouring audio, denoise them in batches, join them by overlap-add with unity-gain
 cross-fades, and resample back. Each channel is denoised on its own.
+
+A causal model (``model.causal``) instead hears each channel as one continuous stream,
+as it would live (:class:`~diffdenoise.realtime.StreamingDenoiser`): its noise statistics
+and recurrent state carry on through the file. Cut into segments, each would start cold,
+and on held-out speech that cost 1.2 dB SI-SDR (measured; see ``bench/causal``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import numpy as np
 import torch
 
 from diffdenoise import audio, config
+from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError, load_best
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.files import atomic_path
 from diffdenoise.model import model_for
+from diffdenoise.realtime import StreamingDenoiser
 from diffdenoise.stream import overlap_add, resample_stream, resampled_length
 
 MODES = ("overlap", "seed")
@@ -115,23 +122,34 @@ class Denoiser:
         seed = self.mode == "seed"
         length = self.sample_rate if seed else self.segment
         model_rate = resample_stream(blocks, rate, self.sample_rate, channels)
-        denoised = overlap_add(
-            model_rate,
-            resampled_length(frames, rate, self.sample_rate),
-            channels,
-            self.process,
-            length=length,
-            overlap=0 if seed else self.overlap,
-            context=0 if seed else self.context,
-            batch_rows=self.batch_size,
-            pad_last=seed,
-        )
+        if isinstance(self.model, CausalSpectralModel):
+            denoised = self._stream_causal(model_rate, channels)
+        else:
+            denoised = overlap_add(
+                model_rate,
+                resampled_length(frames, rate, self.sample_rate),
+                channels,
+                self.process,
+                length=length,
+                overlap=0 if seed else self.overlap,
+                context=0 if seed else self.context,
+                batch_rows=self.batch_size,
+                pad_last=seed,
+            )
         remaining = frames
         for block in resample_stream(denoised, self.sample_rate, rate, channels):
             block = block[:, :remaining]
             remaining -= block.shape[1]
             if block.shape[1]:
                 yield block
+
+    def _stream_causal(self, blocks: Iterable[np.ndarray], channels: int) -> Iterator[np.ndarray]:
+        lives = [
+            StreamingDenoiser(self.model, self.sample_rate, self.timestep) for _ in range(channels)
+        ]
+        for block in blocks:
+            yield np.stack([live.process(row) for live, row in zip(lives, block)])
+        yield np.stack([live.flush() for live in lives])
 
     @torch.inference_mode()
     def process(self, rows: np.ndarray, keys: list[tuple[int, int]] | None = None) -> np.ndarray:

@@ -23,22 +23,23 @@ BLOCK = 128  # bins per Triton program
 # torch.compile runs this eagerly between its graphs: dynamo failed on the kernel launch
 # (H200, torch 2.11), and traced, the torch loop unrolls into a graph of 2,500 ops per crop.
 @torch.compiler.disable
-def decision_directed(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+def decision_directed(posterior: torch.Tensor, smoothing: float, previous=None) -> torch.Tensor:
     """Wiener gains ``prior / (1 + prior)`` with the decision-directed a-priori SNR
     ``prior_t = smoothing * G_{t-1}^2 * post_{t-1} + (1 - smoothing) * max(post_t - 1, 0)``
-    (``G_{-1}^2 * post_{-1} = 1``).
+    (``G_{-1}^2 * post_{-1}`` is ``previous``, ``(...)``, or 1: a stream continues from it).
 
     ``posterior``: ``(..., frames)`` a-posteriori SNR; returns float32 gains of its shape.
     """
     if posterior.is_cuda and triton is not None:
-        return decision_directed_triton(posterior, smoothing)
-    return decision_directed_torch(posterior, smoothing)
+        return decision_directed_triton(posterior, smoothing, previous)
+    return decision_directed_torch(posterior, smoothing, previous)
 
 
-def decision_directed_torch(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+def decision_directed_torch(posterior: torch.Tensor, smoothing: float, previous=None):
     posterior = posterior.float()
     gains = torch.empty_like(posterior)
-    previous = torch.ones_like(posterior[..., 0])  # |G * Y|^2 / noise of the frame before
+    if previous is None:  # |G * Y|^2 / noise of the frame before
+        previous = torch.ones_like(posterior[..., 0])
     for t in range(posterior.shape[-1]):
         prior = smoothing * previous + (1 - smoothing) * (posterior[..., t] - 1).clamp_min(0)
         gains[..., t] = prior / (1 + prior)
@@ -46,15 +47,18 @@ def decision_directed_torch(posterior: torch.Tensor, smoothing: float) -> torch.
     return gains
 
 
-def decision_directed_triton(posterior: torch.Tensor, smoothing: float) -> torch.Tensor:
+def decision_directed_triton(posterior: torch.Tensor, smoothing: float, previous=None):
     """The same recursion in one Triton launch (``TRITON_INTERPRET=1`` runs it on a CPU)."""
     shape, frames = posterior.shape, posterior.shape[-1]
     by_frame = posterior.float().reshape(-1, frames).T.contiguous()  # (frames, bins): coalesced
     gains = torch.empty_like(by_frame)
     bins = by_frame.shape[1]
+    if previous is None:
+        previous = torch.ones(bins, device=posterior.device)
+    previous = previous.float().reshape(bins).contiguous()
     if bins and frames:
         _decision_directed_kernel[(triton.cdiv(bins, BLOCK),)](
-            by_frame, gains, bins, frames, smoothing, BLOCK=BLOCK
+            by_frame, previous, gains, bins, frames, smoothing, BLOCK=BLOCK
         )
     return gains.T.reshape(shape)
 
@@ -62,10 +66,12 @@ def decision_directed_triton(posterior: torch.Tensor, smoothing: float) -> torch
 if triton is not None:
 
     @triton.jit
-    def _decision_directed_kernel(post_ptr, gain_ptr, bins, frames, smoothing, BLOCK: tl.constexpr):
+    def _decision_directed_kernel(
+        post_ptr, previous_ptr, gain_ptr, bins, frames, smoothing, BLOCK: tl.constexpr
+    ):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < bins
-        previous = tl.full([BLOCK], 1.0, tl.float32)
+        previous = tl.load(previous_ptr + offsets, mask=inside, other=1.0)
         for t in range(frames):
             post = tl.load(post_ptr + t * bins + offsets, mask=inside, other=1.0)
             prior = smoothing * previous + (1 - smoothing) * tl.maximum(post - 1.0, 0.0)

@@ -125,6 +125,43 @@ def test_streaming_a_trained_checkpoint_equals_its_offline_model(causal_checkpoi
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0, 16.0])
+def test_frames_run_in_one_pass_equal_frames_stepped_one_by_one(lookahead_ms):
+    model = trained_looking(lookahead_ms)
+    film = model.film(torch.zeros(1))
+    x = torch.from_numpy(
+        np.random.default_rng(2).standard_normal(40 * model.hop).astype(np.float32)
+    )
+    state, stepped = model.initial_state(), []
+    for block in x.view(-1, 1, model.hop):
+        out, state = model.step(block, state, *film)
+        stepped.append(out)
+    state, passes, i = model.initial_state(), [], 0
+    for frames in [0, 1, 2, 5, 0, 12, 20]:  # some shorter than the lookahead, one empty
+        out, state = model.run_frames(x[None, i : i + frames * model.hop], state, *film)
+        passes.append(out)
+        i += frames * model.hop
+    assert i == x.numel()
+    torch.testing.assert_close(torch.cat(passes, -1), torch.cat(stepped, -1), atol=1e-6, rtol=0)
+
+
+def test_files_through_a_causal_checkpoint_are_one_stream_per_channel(causal_checkpoint):
+    """``Denoiser`` (``infer -c``, ``evaluate``, ``make quality``) hears a causal model's
+    input as one stream, as it is heard live, not as segments that each start cold."""
+    from diffdenoise.denoiser import Denoiser
+
+    denoiser = Denoiser.from_checkpoint(causal_checkpoint, device="cpu")
+    assert denoiser.segment == 8000  # 0.5 s: the file below is five segments long
+    rng = np.random.default_rng(9)
+    x = np.stack([demo_data.utterance(rng, 2.5, 16000) for _ in range(2)]).astype(np.float32)
+    x += 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    got = denoiser(x, 16000)
+    assert got.shape == x.shape
+    for channel in range(2):
+        want = offline(denoiser.model, x[channel])
+        np.testing.assert_allclose(got[channel], want, atol=1e-5)
+
+
 def test_a_non_causal_checkpoint_is_refused_in_one_line(ckpt):
     with pytest.raises(CheckpointError, match=f"{ckpt}: not a causal model"):
         StreamingDenoiser.from_checkpoint(ckpt)
