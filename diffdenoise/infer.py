@@ -130,10 +130,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-o", "--output", help="output file (one input) or folder")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an input file")
     p.add_argument("--mode", choices=MODES, default="overlap", help="seed: the original 1 s cut")
-    p.add_argument("--segment", type=float, help="segment seconds (default: training crop)")
+    p.add_argument(
+        "--segment", type=float,
+        help="segment seconds (default: the training crop; a spectral model at least 8)",
+    )  # fmt: skip
     p.add_argument("--overlap", type=float, default=0.05, help="cross-fade seconds (0.05)")
     p.add_argument("--context", type=float, default=0.05, help="extra real audio per side")
-    p.add_argument("--batch-size", type=int, help="segments per model call (CPU 4, GPU 32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="segments per model call (CPU: up to 4, about 8 s of audio; GPU 32)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no", help="GPU only")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")

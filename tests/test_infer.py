@@ -175,3 +175,23 @@ def test_ema_weights_by_default_raw_with_no_ema(ckpt, tmp_path):
     ema, raw, ref = (sf.read(str(tmp_path / f"{n}.wav"))[0] for n in ("ema", "raw", "ref"))
     np.testing.assert_array_equal(raw, ref)  # --no-ema: the raw weights, as saved
     assert np.abs(ema - raw).max() > 1e-3
+
+
+def test_a_spectral_model_hears_segments_of_8_s_or_its_crop(ckpt, tmp_path):
+    """Its noise estimate takes the quietest fifth of a segment's frames: longer segments
+    than the 0.5 s training crop, a better estimate (see SPECTRAL_SEGMENT_S)."""
+    from diffdenoise import config
+    from diffdenoise.checkpoint import save_best
+    from diffdenoise.model import build_model
+
+    cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
+    weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
+    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
+    spectral = save_best(tmp_path, payload, keep_copies=1)
+    assert Denoiser.from_checkpoint(spectral, device="cpu").segment == 8 * 16000
+    assert Denoiser.from_checkpoint(spectral, device="cpu").batch_size == 1  # 8 s a call
+    assert Denoiser.from_checkpoint(ckpt, device="cpu").batch_size == 4
+    assert Denoiser.from_checkpoint(spectral, device="cpu", segment=1.0).segment == 16000
+    assert Denoiser.from_checkpoint(ckpt, device="cpu").segment == 8000  # a U-Net: its crop
+    x = np.random.default_rng(3).standard_normal((2, 3 * 16000)).astype(np.float32) * 0.1
+    assert Denoiser.from_checkpoint(spectral, device="cpu")(x, 16000).shape == x.shape
