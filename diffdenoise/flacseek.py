@@ -93,15 +93,15 @@ def frame_offsets(data: bytes, start: int, count: int) -> list[int] | None:
     pos, first = start, None
     while len(offsets) < count:
         pos = data.find(_SYNC, pos)
-        head = data[pos : pos + _HEADER_MAX]
-        if pos < 0 or len(head) < 6:
+        if pos < 0 or pos + 6 > len(data):
             return None
-        length = _header_length(head)
+        head = data[pos : pos + _HEADER_MAX]
+        length, number = _header_length(head), _coded_number(head[4:])
         fields = (head[2] & 0x0F, head[3])
         if (
             length is not None
             and length < len(head)
-            and _coded_number(head[4:])[0] == len(offsets)
+            and number[0] == len(offsets)
             and (first is None or (fields == first[:2] and head[2] >> 4 in (first[2], 6, 7)))
             and crc8(head[:length]) == head[length]
         ):
