@@ -14,6 +14,7 @@ import hashlib
 import os
 import tarfile
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 ENCODING = tarfile.ENCODING  # what tarfile.open(mode="w") would use
@@ -62,17 +63,11 @@ def assemble(tmp: Path, final: Path, pieces: list[tuple[str, int, int]]) -> dict
     return {"sha256": digest.hexdigest(), "bytes": total + end}
 
 
-class Done:
-    """A finished call, for the one-process path (the pool's AsyncResult interface)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def ready(self) -> bool:
-        return True
-
-    def get(self):
-        return self.value
+def run_here(fn, args: tuple) -> Future:
+    """``fn(*args)`` now, as a finished future: the one-process path of a pool's ``submit``."""
+    done = Future()
+    done.set_result(fn(*args))
+    return done
 
 
 class ShardLayout:
@@ -111,9 +106,9 @@ class ShardLayout:
 
     def collect(self, wait: bool = False) -> None:
         """Record the shards assembled so far, in order (all of them with ``wait``)."""
-        while self.pending and (wait or self.pending[0][0].ready()):
+        while self.pending and (wait or self.pending[0][0].done()):
             result, shard, used = self.pending.popleft()
-            shard.update(result.get())
+            shard.update(result.result())
             shard["seconds"] = round(shard["seconds"], 6)
             self.shards.append(shard)
             for path in used:

@@ -1,5 +1,7 @@
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -379,3 +381,29 @@ def test_training_refuses_shards_of_a_format_it_cannot_read(tmp_path, capsys):
         "reshard with --format flac or pcm16 or wav"
     )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_killed_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
+    src = make_corpus(tmp_path / "gt", n=8)
+    args = (src, "--name", "k", "--out", tmp_path / "s", "--shard-mb", "0.05", "--workers", "2")
+    real = shard.process
+    victim = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.wav"))[5]
+
+    def killed_on_one_file(job):  # runs in the forked worker: the process really dies
+        if job[0] == victim:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer sends
+        return real(job)
+
+    monkeypatch.setattr(shard, "process", killed_on_one_file)
+    assert run(*args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress status
+    assert last.startswith(f"error: {src}: a sharding worker died (killed")
+    out = tmp_path / "s" / "k"
+    assert not (out / "manifest.json").exists()
+    for tar_path in out.glob("*.tar"):  # every shard it kept is a complete tar
+        with tarfile.open(tar_path) as tar:
+            assert tar.getmembers()
+    monkeypatch.setattr(shard, "process", real)
+    assert run(*args) == 0
+    run(src, "--name", "ref", "--out", tmp_path / "s", "--shard-mb", "0.05")
+    assert shard_bytes(out) == shard_bytes(tmp_path / "s" / "ref")
