@@ -198,14 +198,14 @@ def write_shards(jobs: list, out: Path, tag: str, args, skipped: list) -> dict:
     :class:`~diffdenoise.shardwriter.ShardLayout` and adds skipped files to ``skipped``."""
     spools = shardwriter.SpoolFiles(out / f".spool{tag}")
     try:
-        layouts = _encode_and_lay_out(jobs, out, tag, args, skipped, spools)
+        return _encode_and_lay_out(jobs, out, tag, args, skipped, spools)
     except BrokenProcessPool:
         raise SystemExit(
             f"error: {args.input}: a sharding worker died (killed, e.g. out of memory); "
             f"the shards it finished are kept, no manifest was written: rerun to finish"
         ) from None
-    spools.remove()
-    return layouts
+    finally:  # the pool has stopped: no worker writes a spool file any more
+        spools.remove()
 
 
 def _encode_and_lay_out(jobs: list, out: Path, tag: str, args, skipped: list, spools) -> dict:

@@ -130,6 +130,19 @@ def test_missing_input_folder_exits_2(tmp_path):
     assert f"{tmp_path / 'nope'}: input folder not found" in proc.stderr
 
 
+def check_stopped_then_rerun(out, args):
+    """A run stopped midway left no manifest and only complete tars; rerunning the same
+    command gives the shards of a run never stopped, and no spool or temp file."""
+    assert not (out / "manifest.json").exists() and not (out / ".spool").exists()
+    for tar_path in out.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            assert tar.getmembers()
+    assert run(*args) == 0
+    run(args[0], "--name", "ref", "--out", out.parent, "--shard-mb", "0.05")
+    assert shard_bytes(out) == shard_bytes(out.parent / "ref")
+    assert not list(out.glob(".*.tmp")) and not (out / ".spool").exists()
+
+
 def test_interrupted_run_leaves_nothing_complete_looking_and_rerun_finishes(tmp_path, monkeypatch):
     src = make_corpus(tmp_path / "gt", n=8)
     args = (src, "--name", "c", "--out", tmp_path / "s", "--shard-mb", "0.05")
@@ -145,16 +158,8 @@ def test_interrupted_run_leaves_nothing_complete_looking_and_rerun_finishes(tmp_
     monkeypatch.setattr(shard, "process", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         run(*args)
-    out = tmp_path / "s" / "c"
-    assert not (out / "manifest.json").exists()
-    for tar_path in out.glob("*.tar"):  # every visible shard is a complete tar
-        with tarfile.open(tar_path) as tar:
-            assert tar.getmembers()
     monkeypatch.setattr(shard, "process", real)
-    assert run(*args) == 0
-    run(src, "--name", "ref", "--out", tmp_path / "s", "--shard-mb", "0.05")
-    assert shard_bytes(out) == shard_bytes(tmp_path / "s" / "ref")
-    assert not list(out.glob(".*.tmp")) and not (out / ".spool").exists()
+    check_stopped_then_rerun(tmp_path / "s" / "c", args)
 
 
 def test_paired_mode(tmp_path):
@@ -398,12 +403,5 @@ def test_a_killed_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path, monkeyp
     assert run(*args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress status
     assert last.startswith(f"error: {src}: a sharding worker died (killed")
-    out = tmp_path / "s" / "k"
-    assert not (out / "manifest.json").exists()
-    for tar_path in out.glob("*.tar"):  # every shard it kept is a complete tar
-        with tarfile.open(tar_path) as tar:
-            assert tar.getmembers()
     monkeypatch.setattr(shard, "process", real)
-    assert run(*args) == 0
-    run(src, "--name", "ref", "--out", tmp_path / "s", "--shard-mb", "0.05")
-    assert shard_bytes(out) == shard_bytes(tmp_path / "s" / "ref")
+    check_stopped_then_rerun(tmp_path / "s" / "k", args)
