@@ -46,6 +46,8 @@ class NoiseConfig:
     clean_prob: float = 0.0
     eq_db: float = 0.0
     second_prob: float = 0.0
+    modulation_prob: float = 0.0
+    modulation_db: float = 20.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
@@ -200,8 +202,10 @@ RANGES = {
         AT_LEAST_1,
     ),
     **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
-    **dict.fromkeys(["noise.infer_timestep", "noise.eq_db"], AT_LEAST_0),
-    **dict.fromkeys(["noise.clean_prob", "noise.second_prob", "model.dropout"], SHARE),
+    **dict.fromkeys(["noise.infer_timestep", "noise.eq_db", "noise.modulation_db"], AT_LEAST_0),
+    **dict.fromkeys(
+        ["noise.clean_prob", "noise.second_prob", "noise.modulation_prob", "model.dropout"], SHARE
+    ),
     **dict.fromkeys(
         ["model.depth", "model.channels", "model.max_channels", "model.kernel_size"], AT_LEAST_1
     ),

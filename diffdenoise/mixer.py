@@ -8,10 +8,10 @@ import copy
 import numpy as np
 import torch
 
-from diffdenoise.mixing import EQ_BANDS, KINDS, SOURCES
+from diffdenoise.mixing import EQ_BANDS, KINDS, SEED_RANGE, SOURCES
 from diffdenoise.shards import DataError
 
-SEED_RANGE = 2**62  # per-source generator seeds
+MODULATION_HZ = (0.5, 8.0)  # envelope rates, log-uniform: slow swells to syllable rate
 
 
 class Mixer:
@@ -32,6 +32,9 @@ class Mixer:
         eq_db: float = 0.0,
         second_prob: float = 0.0,
         bridge_t: tuple[float, float] | None = None,
+        modulation_prob: float = 0.0,
+        modulation_db: float = 0.0,
+        sample_rate: int = 16000,
     ):
         unknown = sorted(set(weights) - set(KINDS))
         if unknown:
@@ -46,6 +49,8 @@ class Mixer:
         self.clean_prob, self.eq_db, self.second_prob = clean_prob, eq_db, second_prob
         self.bank_lengths = bank_lengths
         self.bridge_t = bridge_t  # a bridge objective: t in this range, and a seed for z
+        self.modulation_prob, self.modulation_db = modulation_prob, modulation_db
+        self.sample_rate = sample_rate
 
     def plan(self, rng: np.random.Generator, n: int, stored: bool = False, train=True) -> dict:
         """One example's plan for an ``n``-sample crop; ``snr`` is inf for a clean copy.
@@ -80,9 +85,10 @@ class Mixer:
         }
 
     def _source(self, rng, n: int, active: bool = True) -> tuple:
-        """``(kind, seed, clip, start, eq gains, sign)`` of one noise source."""
+        """``(kind, seed, clip, start, eq gains, sign, modulation dB, envelope points)``
+        of one noise source."""
         if not active:
-            return (0, 0, 0, 0, np.zeros(EQ_BANDS), 1.0)
+            return (0, 0, 0, 0, np.zeros(EQ_BANDS), 1.0, 0.0, 0)
         kind = self.names[rng.choice(len(self.names), p=self.probs)]
         seed = int(rng.integers(SEED_RANGE))
         clip = start = 0
@@ -95,7 +101,17 @@ class Mixer:
         if self.eq_db:
             eq = rng.uniform(-self.eq_db, self.eq_db, EQ_BANDS)
             sign = 1.0 if rng.random() < 0.5 else -1.0
-        return (KINDS.index(kind), seed, clip, start, eq, sign)
+        return (KINDS.index(kind), seed, clip, start, eq, sign, *self._modulation(rng, n))
+
+    def _modulation(self, rng, n: int) -> tuple[float, int]:
+        """``(depth dB, envelope points)`` of a random loudness envelope, ``(0.0, 0)`` for
+        none: real noise rises and falls (voices, traffic, machines) where the synthetic
+        colours hold still, and a noise estimate that only knows still noise fails there."""
+        if not (self.modulation_prob and rng.random() < self.modulation_prob):
+            return 0.0, 0
+        depth = float(rng.uniform(0.0, self.modulation_db))
+        hz = float(np.exp(rng.uniform(np.log(MODULATION_HZ[0]), np.log(MODULATION_HZ[1]))))
+        return depth, max(2, round(n / self.sample_rate * hz) + 1)
 
     def with_bank(self, lengths: list[int]) -> Mixer:
         """A copy that draws ``corpus`` crops from a bank of clips of these lengths."""
@@ -107,7 +123,7 @@ class Mixer:
 def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
     """Plans of a batch -> tensors (``(batch, SOURCES)`` per source field)."""
     fields = list(zip(*(zip(*p["sources"]) for p in plans)))  # field -> examples -> sources
-    kind, seed, clip, start, eq, sign = fields
+    kind, seed, clip, start, eq, sign, mod_db, mod_points = fields
     bridge = {}
     if "z_seed" in plans[0]:
         bridge = {"z_seed": torch.tensor([p["z_seed"] for p in plans], dtype=torch.long)}
@@ -119,6 +135,8 @@ def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
         "start": torch.tensor(start, dtype=torch.long),
         "eq": torch.tensor(np.array(eq), dtype=torch.float32),
         "sign": torch.tensor(sign, dtype=torch.float32),
+        "mod_db": torch.tensor(mod_db, dtype=torch.float32),
+        "mod_points": torch.tensor(mod_points, dtype=torch.long),
         "level": torch.tensor([p["level"] for p in plans], dtype=torch.float32),
         "snr": torch.tensor([p["snr"] for p in plans], dtype=torch.float32),
         "gain_db": torch.tensor([p["gain_db"] for p in plans], dtype=torch.float32),

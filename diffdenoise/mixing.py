@@ -26,6 +26,7 @@ EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0])  # power spectrum ~ 1 / f**expone
 CORPUS = KINDS.index("corpus")
 SOURCES = 2  # a primary noise and an optional second one
 EQ_BANDS = 8  # random EQ: independent gains at this many log-spaced points, interpolated
+SEED_RANGE = 2**62  # per-source generator seeds (an envelope's: its source's + 1)
 
 
 def mix_batch(clean, noise, snr_db, gain_db):
@@ -121,9 +122,32 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     eq = 10 ** (eq_db @ _eq_weights(bins, str(device)).T / 20)
     sign = plan["sign"].to(device).flatten()[:, None]
     waves = torch.fft.irfft(spec * colour * eq * sign, length)
+    waves = waves * envelopes(plan, seeds, length, device)
     waves = waves / waves.square().mean(-1, keepdim=True).clamp_min(1e-20).sqrt()
     waves = waves.view(batch, SOURCES, length)
     return waves[:, 0] + level[:, None] * waves[:, 1]
+
+
+def envelopes(plan: dict, seeds: list[int], length: int, device) -> torch.Tensor | float:
+    """Each source's loudness over time, ``(batch * SOURCES, length)``, or 1.0 when no
+    source is modulated: ``plan["mod_points"]`` seeded normal points, squashed into
+    +-``mod_db / 2`` dB and joined by straight lines (in dB) across the crop."""
+    depth = plan.get("mod_db")
+    if depth is None or not bool((depth > 0).any()):  # decided on the host, like the rows
+        return 1.0
+    points = plan["mod_points"].flatten()
+    rows = (depth.flatten() > 0).nonzero()[:, 0]
+    control = seeded_normal([(seeds[r] + 1) % SEED_RANGE for r in rows.tolist()],
+                            int(points.max()), device)  # fmt: skip
+    where = torch.linspace(0, 1, length, device=device)[None] * (points[rows, None] - 1).to(device)
+    low = where.floor().long().clamp_max(control.shape[1] - 2)
+    frac = where - low
+    curve = torch.tanh(control).gather(1, low) * (1 - frac)
+    curve = curve + torch.tanh(control).gather(1, low + 1) * frac
+    env_db = depth.flatten()[rows, None].to(device) / 2 * curve
+    out = torch.ones(points.shape[0], length, device=device)
+    out[rows.to(device)] = 10 ** (env_db / 20)
+    return out
 
 
 def seeded_normal(seeds: list[int], length: int, device) -> torch.Tensor:

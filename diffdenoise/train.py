@@ -79,7 +79,8 @@ def build_data(cfg, rank: int, world: int, device):
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
     bridge = cfg.diffusion.objective == "bridge"
     bridge_t = (cfg.diffusion.t_min, cfg.diffusion.t_max) if bridge else None
-    mixer = data.Mixer(**OmegaConf.to_container(cfg.noise), bridge_t=bridge_t)
+    noise = OmegaConf.to_container(cfg.noise)
+    mixer = data.Mixer(**noise, bridge_t=bridge_t, sample_rate=cfg.data.sample_rate)
     objective = objective_of(cfg.diffusion)
     bank = None
     if cfg.data.noise_shards:

@@ -242,12 +242,14 @@ def render_plans(m, clean: np.ndarray, seeds, bank=None) -> dict:
 def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
     bank = None
-    m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5)
+    m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5,
+              modulation_prob=0.5, modulation_db=20.0)  # fmt: skip
     if kind == "corpus":
         bank = data.NoiseBank.from_urls(data.expand_urls(str(make_shards(tmp_path) / "*.tar")))
         m = m.with_bank(bank.lengths)
     b = render_plans(m, clean, range(40), bank)
     assert (b["plan"]["level"] > 0).any() and (b["plan"]["level"] == 0).any()
+    assert (b["plan"]["mod_db"] > 0).any() and (b["plan"]["mod_db"] == 0).any()
     for i in range(40):
         measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
         assert measured == pytest.approx(b["snr"][i].item(), abs=0.1)
@@ -280,7 +282,8 @@ def test_mixer_augmentations_keep_the_snr_and_leave_a_share_clean():
 
 def test_mixer_without_augmentations_draws_the_same_stream_as_before():
     plain = mixer().plan(np.random.default_rng(7), 4000)
-    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0).plan(np.random.default_rng(7), 4000)
+    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0, modulation_prob=0.0)
+    off = off.plan(np.random.default_rng(7), 4000)
     assert repr(plain) == repr(off)
     rng = np.random.default_rng(7)  # the original recipe's draws, in order
     kind = int(rng.choice(3, p=[1 / 3] * 3))
@@ -288,6 +291,28 @@ def test_mixer_without_augmentations_draws_the_same_stream_as_before():
     assert plain["sources"][0][:2] == (kind, seed)
     assert plain["snr"] == float(rng.uniform(-5, 20))
     assert plain["t"] == int((rng.uniform(0, 0), rng.integers(0, 1000))[1])
+
+
+def frame_levels_db(wave: np.ndarray, frame: int) -> np.ndarray:
+    frames = wave[: wave.shape[-1] // frame * frame].reshape(*wave.shape[:-1], -1, frame)
+    return 10 * np.log10(np.square(frames).mean(-1))
+
+
+def test_modulated_noise_rises_and_falls_at_its_depth_and_rate():
+    clean = np.zeros(32000, np.float32)  # 2 s at 16 kHz
+    on = dict(weights={"gaussian": 1.0}, snr_min=0, snr_max=0, modulation_db=20.0)
+    b = render_plans(mixer(**on, modulation_prob=1.0), clean, range(24))
+    still = render_plans(mixer(**on, modulation_prob=0.0), clean, range(24))
+    levels = frame_levels_db((b["noisy"] - b["clean"])[:, 0].numpy(), 800)  # 50 ms frames
+    swing = levels.max(1) - levels.min(1)
+    depth = b["plan"]["mod_db"][:, 0].numpy()
+    assert np.ptp(frame_levels_db(still["noisy"][:, 0].numpy(), 800), 1).max() < 2.0
+    assert swing.max() > 8.0 and (swing < depth + 2.0).all()  # tanh keeps it within +-depth/2
+    assert np.corrcoef(depth, swing)[0, 1] > 0.7
+    points = b["plan"]["mod_points"][:, 0].numpy()  # 0.5-8 Hz over 2 s: 2 to 17 points
+    assert points.min() >= 2 and points.max() <= 17 and np.ptp(points) > 5
+    again = render_plans(mixer(**on, modulation_prob=1.0), clean, range(24))
+    assert torch.equal(b["noisy"], again["noisy"])  # seeded: resume and validation hold
 
 
 def test_device_eq_shapes_the_noise_and_flips_its_polarity():
