@@ -1,5 +1,6 @@
-"""Each training example's noise plan: type, bank position, EQ, second noise, SNR, gain and
-timestep, drawn in the loader worker; :mod:`diffdenoise.mixing` renders it on the device."""
+"""Each training example's noise plan: type, bank position, EQ, loudness envelope, second
+noise, SNR, gain and timestep, drawn in the loader worker; :mod:`diffdenoise.mixing`
+renders it on the device."""
 
 from __future__ import annotations
 

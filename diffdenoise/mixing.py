@@ -5,8 +5,9 @@ numbers saying which noise, where in the noise bank, which EQ, which SNR and gai
 :meth:`diffdenoise.mixer.Mixer.plan`). This module turns a batch of plans into noisy audio
 on the device the model trains on (a GPU; the CPU in tests): white noise from per-example
 seeded generators, colour and EQ as one batched FFT, recorded noise sliced out of a
-resident bank, then the mix at each example's SNR. Seeded plans keep exact resume, and a
-plan depends on its example alone, so validation is the same for any world size.
+resident bank, an optional loudness envelope, then the mix at each example's SNR. Seeded
+plans keep exact resume, and a plan depends on its example alone, so validation is the
+same for any world size.
 """
 
 from __future__ import annotations
