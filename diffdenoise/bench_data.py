@@ -87,8 +87,7 @@ def bench_formats(work: Path) -> list[dict]:
 def bench_mixing(steps: int = 10) -> dict:
     """Audio-s/s of ``data.render`` (noise made and mixed) for default-config batches here."""
     cfg = config.load([config.find_config("default")])
-    noise = {**dict(cfg.noise), "weights": dict(cfg.noise.weights)}
-    mixer = data.Mixer(**noise, sample_rate=cfg.data.sample_rate)
+    mixer = data.Mixer.from_config(cfg)
     clean = np.random.default_rng(0).standard_normal(cfg.data.segment).astype(np.float32) * 0.1
     n = cfg.train.batch_size
     plans = [mixer.plan(np.random.default_rng(i), clean.shape[0]) for i in range(n)]

@@ -48,6 +48,8 @@ class NoiseConfig:
     second_prob: float = 0.0
     modulation_prob: float = 0.0
     modulation_db: float = 20.0
+    babble_talkers: int = 5
+    babble_bank_s: float = 600.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
@@ -190,7 +192,7 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
-NOISE_TYPES = ("gaussian", "pink", "brown", "corpus")
+NOISE_TYPES = ("gaussian", "pink", "brown", "corpus", "babble")
 # Numeric ranges: key -> (low, high, low allowed itself?, high allowed itself?); None = no bound.
 AT_LEAST_1 = (1, None, True, True)
 AT_LEAST_0 = (0, None, True, True)
@@ -198,7 +200,13 @@ POSITIVE = (0, None, False, True)
 SHARE = (0, 1, True, True)
 RANGES = {
     **dict.fromkeys(
-        ["data.sample_rate", "data.segment", "data.shuffle_buffer", "noise.timesteps"],
+        [
+            "data.sample_rate",
+            "data.segment",
+            "data.shuffle_buffer",
+            "noise.timesteps",
+            "noise.babble_talkers",
+        ],
         AT_LEAST_1,
     ),
     **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
@@ -211,6 +219,7 @@ RANGES = {
     ),
     **dict.fromkeys(["model.stride", "model.time_dim"], AT_LEAST_1),
     "model.growth": POSITIVE,
+    "noise.babble_bank_s": POSITIVE,
     **dict.fromkeys(["model.spectral.win_ms", "model.spectral.hop_ms"], POSITIVE),
     **dict.fromkeys(
         ["model.spectral.hidden", "model.spectral.layers", "model.spectral.context_frames"],

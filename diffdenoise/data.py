@@ -266,6 +266,7 @@ def val_batches(
     device="cpu",
     bank: NoiseBank | None = None,
     objective=None,
+    babble: NoiseBank | None = None,
 ):
     """Deterministic validation batches for one rank, mixed on ``device``: its round-robin
     share of the set.
@@ -292,7 +293,7 @@ def val_batches(
         plan = mixer.plan(rng, clean.shape[0], stored is not None, train=False)
         examples.append((clean, stored, plan, sample["__key__"], sample["__url__"]))
         if len(examples) == batch_size:
-            yield render(collate(examples), device, bank, objective)
+            yield render(collate(examples), device, bank, objective, babble)
             examples = []
     if examples:
-        yield render(collate(examples), device, bank, objective)
+        yield render(collate(examples), device, bank, objective, babble)

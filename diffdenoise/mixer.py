@@ -36,6 +36,8 @@ class Mixer:
         modulation_prob: float = 0.0,
         modulation_db: float = 0.0,
         sample_rate: int = 16000,
+        babble_talkers: int = 5,
+        babble_lengths: list[int] | None = None,
     ):
         unknown = sorted(set(weights) - set(KINDS))
         if unknown:
@@ -52,6 +54,7 @@ class Mixer:
         self.bridge_t = bridge_t  # a bridge objective: t in this range, and a seed for z
         self.modulation_prob, self.modulation_db = modulation_prob, modulation_db
         self.sample_rate = sample_rate
+        self.babble_talkers, self.babble_lengths = babble_talkers, babble_lengths
 
     def plan(self, rng: np.random.Generator, n: int, stored: bool = False, train=True) -> dict:
         """One example's plan for an ``n``-sample crop; ``snr`` is inf for a clean copy.
@@ -86,10 +89,10 @@ class Mixer:
         }
 
     def _source(self, rng, n: int, active: bool = True) -> tuple:
-        """``(kind, seed, clip, start, eq gains, sign, modulation dB, envelope points)``
-        of one noise source."""
+        """``(kind, seed, clip, start, eq gains, sign, modulation dB, envelope points,
+        talker clips, talker starts)`` of one noise source."""
         if not active:
-            return (0, 0, 0, 0, np.zeros(EQ_BANDS), 1.0, 0.0, 0)
+            return (0, 0, 0, 0, np.zeros(EQ_BANDS), 1.0, 0.0, 0, *self._talkers())
         kind = self.names[rng.choice(len(self.names), p=self.probs)]
         seed = int(rng.integers(SEED_RANGE))
         clip = start = 0
@@ -98,11 +101,24 @@ class Mixer:
                 raise DataError("noise.weights.corpus needs data.noise_shards")
             clip = int(rng.integers(len(self.bank_lengths)))
             start = int(rng.integers(0, max(self.bank_lengths[clip] - n, 0) + 1))
+        talkers = self._talkers(rng, n) if kind == "babble" else self._talkers()
         eq, sign = np.zeros(EQ_BANDS), 1.0
         if self.eq_db:
             eq = rng.uniform(-self.eq_db, self.eq_db, EQ_BANDS)
             sign = 1.0 if rng.random() < 0.5 else -1.0
-        return (KINDS.index(kind), seed, clip, start, eq, sign, *self._modulation(rng, n))
+        modulation = self._modulation(rng, n)
+        return (KINDS.index(kind), seed, clip, start, eq, sign, *modulation, *talkers)
+
+    def _talkers(self, rng=None, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Clips and starts of a babble source's talkers in the babble bank (zeros for
+        any other source)."""
+        if rng is None:
+            return (np.zeros(self.babble_talkers, np.int64),) * 2
+        if not self.babble_lengths:
+            raise DataError("noise.weights.babble needs the babble bank (data.train_shards)")
+        clips = rng.integers(len(self.babble_lengths), size=self.babble_talkers)
+        room = np.maximum(np.asarray(self.babble_lengths)[clips] - n, 0) + 1
+        return clips, (rng.random(self.babble_talkers) * room).astype(np.int64)
 
     def _modulation(self, rng, n: int) -> tuple[float, int]:
         """``(depth dB, envelope points)`` of a random loudness envelope, ``(0.0, 0)`` for
@@ -120,11 +136,25 @@ class Mixer:
         twin.bank_lengths = list(lengths)
         return twin
 
+    def with_babble(self, lengths: list[int]) -> Mixer:
+        """A copy that draws ``babble`` talkers from a bank of speech clips of these
+        lengths."""
+        twin = copy.copy(self)
+        twin.babble_lengths = list(lengths)
+        return twin
+
+    @classmethod
+    def from_config(cls, config, bridge_t: tuple[float, float] | None = None) -> Mixer:
+        """The mixer of a run's ``noise`` keys (``babble_bank_s`` sizes the bank instead)."""
+        noise = {k: v for k, v in dict(config.noise).items() if k != "babble_bank_s"}
+        noise["weights"] = dict(config.noise.weights)
+        return cls(**noise, bridge_t=bridge_t, sample_rate=config.data.sample_rate)
+
 
 def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
     """Plans of a batch -> tensors (``(batch, SOURCES)`` per source field)."""
     fields = list(zip(*(zip(*p["sources"]) for p in plans)))  # field -> examples -> sources
-    kind, seed, clip, start, eq, sign, mod_db, mod_points = fields
+    kind, seed, clip, start, eq, sign, mod_db, mod_points, talker_clip, talker_start = fields
     bridge = {}
     if "z_seed" in plans[0]:
         bridge = {"z_seed": torch.tensor([p["z_seed"] for p in plans], dtype=torch.long)}
@@ -138,6 +168,8 @@ def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
         "sign": torch.tensor(sign, dtype=torch.float32),
         "mod_db": torch.tensor(mod_db, dtype=torch.float32),
         "mod_points": torch.tensor(mod_points, dtype=torch.long),
+        "talker_clip": torch.from_numpy(np.array(talker_clip, dtype=np.int64)),
+        "talker_start": torch.from_numpy(np.array(talker_start, dtype=np.int64)),
         "level": torch.tensor([p["level"] for p in plans], dtype=torch.float32),
         "snr": torch.tensor([p["snr"] for p in plans], dtype=torch.float32),
         "gain_db": torch.tensor([p["gain_db"] for p in plans], dtype=torch.float32),

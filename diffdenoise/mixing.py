@@ -22,9 +22,9 @@ from diffdenoise import audio, tarindex
 from diffdenoise.noise import SILENCE_POWER
 from diffdenoise.shards import DataError
 
-KINDS = ("gaussian", "pink", "brown", "corpus")
-EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0])  # power spectrum ~ 1 / f**exponent
-CORPUS = KINDS.index("corpus")
+KINDS = ("gaussian", "pink", "brown", "corpus", "babble")
+EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0])  # power spectrum ~ 1 / f**exponent
+CORPUS, BABBLE = KINDS.index("corpus"), KINDS.index("babble")
 SOURCES = 2  # a primary noise and an optional second one
 EQ_BANDS = 8  # random EQ: independent gains at this many log-spaced points, interpolated
 SEED_RANGE = 2**62  # per-source generator seeds (an envelope's: its source's + 1)
@@ -74,9 +74,17 @@ class NoiseBank:
         self.pcm = torch.from_numpy(np.round(pcm).astype(np.int16)).to(device)
 
     @classmethod
-    def from_urls(cls, urls: list[str], device="cpu") -> NoiseBank:
-        """The whole corpus, in shard order: the same bank on every rank."""
-        return cls([audio.decode(data)[0] for data in encoded_clips(sorted(urls))], device)
+    def from_urls(cls, urls: list[str], device="cpu", max_seconds: float = 0.0) -> NoiseBank:
+        """The whole corpus (or its first ``max_seconds``), in shard order: the same bank
+        on every rank."""
+        clips, seconds = [], 0.0
+        for data in encoded_clips(sorted(urls)):
+            clip, rate = audio.decode(data)
+            clips.append(clip)
+            seconds += clip.shape[0] / rate
+            if max_seconds and seconds >= max_seconds:
+                break
+        return cls(clips, device)
 
     def crop(self, clip: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
         """``(n,)`` clip indices and starts -> ``(n, length)`` float audio; short clips loop."""
@@ -86,23 +94,24 @@ class NoiseBank:
         return self.pcm[index].float() / 32768
 
 
-def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -> torch.Tensor:
+def synthesize(plan: dict, length: int, device, bank=None, babble=None) -> torch.Tensor:
     """The noise of a batch of plans: ``(batch, length)``.
 
     Each example sums up to :data:`SOURCES` sources, each white noise (coloured by its
-    kind) or a bank crop, through its EQ and polarity, at unit power; the second source
-    is weighted by ``plan["level"]`` (0: none).
+    kind), a crop of the noise ``bank`` or talkers from the ``babble`` bank (both
+    :class:`NoiseBank`), through its EQ and polarity, at unit power; the second source is
+    weighted by ``plan["level"]`` (0: none).
     """
     # Which rows to make is decided from the plan on the host, where the loader left it:
     # choosing them from device tensors would stall on every batch.
     kinds = plan["kind"].cpu().flatten()
     active = torch.stack([torch.isfinite(plan["snr"].cpu()), plan["level"].cpu() > 0], 1)
     rows = active.flatten().nonzero()[:, 0]
-    corpus = rows[kinds[rows] == CORPUS]
+    corpus, talking = rows[kinds[rows] == CORPUS], rows[kinds[rows] == BABBLE]
     batch = plan["kind"].shape[0]
     waves = torch.zeros(batch * SOURCES, length, device=device)
     seeds = plan["seed"].cpu().flatten().tolist()
-    white = rows[kinds[rows] != CORPUS].tolist()
+    white = rows[(kinds[rows] != CORPUS) & (kinds[rows] != BABBLE)].tolist()
     if white:
         waves[white] = seeded_normal([seeds[r] for r in white], length, device)
     if len(corpus):
@@ -111,6 +120,13 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
         waves[corpus.to(device)] = bank.crop(
             plan["clip"].cpu().flatten()[corpus], plan["start"].cpu().flatten()[corpus], length
         ).to(device)
+    if len(talking):
+        if babble is None:
+            raise DataError("noise.weights.babble needs the babble bank (data.train_shards)")
+        clips, starts = (
+            plan[k].cpu().flatten(0, 1)[talking] for k in ("talker_clip", "talker_start")
+        )
+        waves[talking.to(device)] = babble_of(babble, clips, starts, length).to(device)
     flat_kind = kinds.to(device)
     level = plan["level"].to(device)
     spec = torch.fft.rfft(waves)
@@ -127,6 +143,14 @@ def synthesize(plan: dict, length: int, device, bank: NoiseBank | None = None) -
     waves = waves / waves.square().mean(-1, keepdim=True).clamp_min(1e-20).sqrt()
     waves = waves.view(batch, SOURCES, length)
     return waves[:, 0] + level[:, None] * waves[:, 1]
+
+
+def babble_of(bank: NoiseBank, clips, starts, length: int) -> torch.Tensor:
+    """``(n, talkers)`` clips and starts in ``bank`` -> ``(n, length)``: the talkers,
+    each at unit power (a pause stays a pause), summed."""
+    talkers = bank.crop(clips.flatten(), starts.flatten(), length).view(*clips.shape, length)
+    power = talkers.square().mean(-1, keepdim=True).clamp_min(1e-20)
+    return (talkers / power.sqrt()).sum(1)
 
 
 def envelopes(plan: dict, seeds: list[int], length: int, device) -> torch.Tensor | float:
@@ -160,18 +184,19 @@ def seeded_normal(seeds: list[int], length: int, device) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def render(batch: dict, device, bank: NoiseBank | None = None, objective=None) -> dict:
+def render(batch: dict, device, bank=None, objective=None, babble=None) -> dict:
     """A loader batch of clean crops and plans -> the same batch with ``noisy``, ``clean``
     and ``t`` on ``device`` (``(batch, 1, time)``; ``t``: ``(batch,)``).
 
     Examples with a stored noisy twin (paired shards) keep it; the rest are mixed here.
+    ``bank`` and ``babble``: the :class:`NoiseBank` of ``corpus`` and ``babble`` sources.
     A bridge ``objective`` adds ``state``, the ``x_t`` between clean and noisy at each
     example's ``t``, with its seeded ``z``.
     """
     clean = as_float(batch["clean"].to(device, non_blocking=True)[:, 0])
     plan = batch["plan"]
     snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
-    noise = synthesize(plan, clean.shape[-1], device, bank)
+    noise = synthesize(plan, clean.shape[-1], device, bank, babble)
     noisy, clean_out = mix_batch(clean, noise, snr, gain)
     if batch.get("noisy") is not None:
         stored = plan["stored"].to(device)[:, None]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from omegaconf import OmegaConf
 from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
@@ -79,8 +78,7 @@ def build_data(cfg, rank: int, world: int, device):
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
     bridge = cfg.diffusion.objective == "bridge"
     bridge_t = (cfg.diffusion.t_min, cfg.diffusion.t_max) if bridge else None
-    noise = OmegaConf.to_container(cfg.noise)
-    mixer = data.Mixer(**noise, bridge_t=bridge_t, sample_rate=cfg.data.sample_rate)
+    mixer = data.Mixer.from_config(cfg, bridge_t)
     objective = objective_of(cfg.diffusion)
     bank = None
     if cfg.data.noise_shards:
@@ -90,8 +88,14 @@ def build_data(cfg, rank: int, world: int, device):
         mixer = mixer.with_bank(bank.lengths)
     if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
         raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
+    babble = None
+    if cfg.noise.weights.get("babble", 0) > 0:  # talkers from the training speech itself
+        babble = data.NoiseBank.from_urls(urls, device, cfg.noise.babble_bank_s)
+        mixer = mixer.with_babble(babble.lengths)
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
-    stats["render"] = partial(data.render, device=device, bank=bank, objective=objective)
+    stats["render"] = partial(
+        data.render, device=device, bank=bank, objective=objective, babble=babble
+    )
 
     pinned = torch.device(device).type == "cuda"
 
@@ -128,6 +132,7 @@ def build_data(cfg, rank: int, world: int, device):
             device=device,
             bank=bank,
             objective=objective,
+            babble=babble,
         )
 
     return train_batches, val_batches, per_epoch, stats

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import data, noise
+from diffdenoise import data, mixing, noise
 from tests.helpers import make_shards
 
 
@@ -231,23 +231,23 @@ def test_epoch_length_from_manifest(shards):
     assert data.batches_per_epoch(stats["samples"], 2, 2) == stats["samples"] // 4
 
 
-def render_plans(m, clean: np.ndarray, seeds, bank=None) -> dict:
+def render_plans(m, clean: np.ndarray, seeds, bank=None, babble=None) -> dict:
     """Mix ``clean`` under the plans ``m`` draws from each seed, as the device would."""
     plans = [m.plan(np.random.default_rng(i), clean.shape[0]) for i in seeds]
     batch = data.collate([(clean, None, p, f"k{i}", "u") for i, p in zip(seeds, plans)])
-    return data.render(batch, "cpu", bank)
+    return data.render(batch, "cpu", bank, babble=babble)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "pink", "brown", "corpus"])
+@pytest.mark.parametrize("kind", ["gaussian", "pink", "brown", "corpus", "babble"])
 def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
     bank = None
     m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5,
               modulation_prob=0.5, modulation_db=20.0)  # fmt: skip
-    if kind == "corpus":
+    if kind in ("corpus", "babble"):
         bank = data.NoiseBank.from_urls(data.expand_urls(str(make_shards(tmp_path) / "*.tar")))
-        m = m.with_bank(bank.lengths)
-    b = render_plans(m, clean, range(40), bank)
+        m = m.with_bank(bank.lengths) if kind == "corpus" else m.with_babble(bank.lengths)
+    b = render_plans(m, clean, range(40), bank, babble=bank if kind == "babble" else None)
     assert (b["plan"]["level"] > 0).any() and (b["plan"]["level"] == 0).any()
     assert (b["plan"]["mod_db"] > 0).any() and (b["plan"]["mod_db"] == 0).any()
     for i in range(40):
@@ -313,6 +313,38 @@ def test_modulated_noise_rises_and_falls_at_its_depth_and_rate():
     assert points.min() >= 2 and points.max() <= 17 and np.ptp(points) > 5
     again = render_plans(mixer(**on, modulation_prob=1.0), clean, range(24))
     assert torch.equal(b["noisy"], again["noisy"])  # seeded: resume and validation hold
+
+
+def test_babble_is_its_talkers_from_the_bank_each_at_unit_power_summed():
+    rate, n = 16000, 8000
+    tones = [100.0, 330.0, 730.0, 1270.0, 2100.0, 3300.0]  # one "talker" per clip
+    clips = [np.sin(2 * np.pi * f * np.arange(3 * rate) / rate).astype(np.float32) * a
+             for f, a in zip(tones, (0.5, 0.05, 0.2, 0.01, 0.3, 0.1))]  # fmt: skip
+    bank = data.NoiseBank(clips)
+    m = mixer(weights={"babble": 1.0}, babble_talkers=3).with_babble(bank.lengths)
+    plans = [m.plan(np.random.default_rng(i), n) for i in range(6)]
+    batch = data.collate([(np.zeros(n, np.float32), None, p, f"k{i}", "u") for i, p in
+                          enumerate(plans)])  # fmt: skip
+    noise = mixing.synthesize(batch["plan"], n, "cpu", babble=bank)
+    for i in range(len(plans)):
+        clip, start = (batch["plan"][k][i, 0].numpy() for k in ("talker_clip", "talker_start"))
+        pcm = [np.round(np.clip(clips[c], -1, 1 - 1 / 32768) * 32768) / 32768 for c in clip]
+        talkers = [x[s : s + n] / np.sqrt(np.mean(x[s : s + n] ** 2)) for x, s in zip(pcm, start)]
+        expected = np.sum(talkers, 0) / np.sqrt(np.mean(np.sum(talkers, 0) ** 2))
+        assert np.abs(noise[i].numpy() - expected).max() < 1e-4
+        assert (start + n <= np.asarray(bank.lengths)[clip]).all()  # whole crops, no looping
+    with pytest.raises(data.DataError, match="noise.weights.babble needs the babble bank"):
+        mixing.synthesize(batch["plan"], n, "cpu")
+
+
+def test_babble_bank_holds_the_first_seconds_of_the_speech_in_shard_order(tmp_path):
+    urls = data.expand_urls(str(make_shards(tmp_path) / "*.tar"))
+    whole = data.NoiseBank.from_urls(urls)
+    capped = data.NoiseBank.from_urls(urls, max_seconds=3.0)
+    assert sum(whole.lengths) > 2 * 16000 * 3.0
+    assert 3.0 * 16000 <= sum(capped.lengths) < 3.0 * 16000 + max(whole.lengths)
+    assert capped.lengths == whole.lengths[: len(capped.lengths)]
+    assert torch.equal(capped.pcm, whole.pcm[: capped.pcm.shape[0]])
 
 
 def test_device_eq_shapes_the_noise_and_flips_its_polarity():

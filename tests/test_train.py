@@ -123,6 +123,8 @@ FAMILY_ARGS = {
     "spectral": ["model.family=spectral", "model.spectral.hidden=32", "model.spectral.layers=2"],
     # a bridge: t, x_t and its noise drawn from the plans; spectral norm's power iteration
     "bridge": ["diffusion.objective=bridge", "model.spectral_norm=true"],
+    # talkers drawn from the training speech, and loudness envelopes
+    "babble": ["noise.weights.babble=1.0", "noise.modulation_prob=0.5", "noise.babble_bank_s=2"],
 }
 
 

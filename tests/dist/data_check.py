@@ -21,8 +21,11 @@ def main(shard_dir: str, out: str, workers: int) -> None:
     torch.set_num_threads(1)
     acc = Accelerator(cpu=True)
     rank, world = acc.process_index, acc.num_processes
-    mixer = data.Mixer({"gaussian": 1.0, "pink": 1.0}, 0, 20, 0, 0, "random", 1000, 0)
     urls = data.expand_urls(f"{shard_dir}/train-*.tar")
+    babble = data.NoiseBank.from_urls(urls, max_seconds=3.0)  # the same bank on every rank
+    weights = {"gaussian": 1.0, "pink": 1.0, "babble": 1.0}
+    mixer = data.Mixer(weights, 0, 20, 0, 0, "random", 1000, 0, modulation_prob=0.5,
+                       modulation_db=20.0, babble_talkers=3).with_babble(babble.lengths)
     n = data.batches_per_epoch(data.manifest_stats(urls)["samples"], 2, world)
     stream = data.TrainStream(urls, segment=4000, sample_rate=16000, batch_size=2, batches=n,
                               mixer=mixer, seed=0, rank=rank, world_size=world)
@@ -34,7 +37,7 @@ def main(shard_dir: str, out: str, workers: int) -> None:
     total = torch.zeros(2, dtype=torch.float64)
     val_urls = sorted(glob.glob(f"{shard_dir}/val-*.tar"))
     for b in data.val_batches(val_urls, segment=4000, sample_rate=16000, batch_size=3,
-                              mixer=mixer, rank=rank, world_size=world):
+                              mixer=mixer, rank=rank, world_size=world, babble=babble):
         with torch.no_grad():
             y = model(b["noisy"], b["t"])
         for i in range(y.shape[0]):
