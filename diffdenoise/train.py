@@ -61,6 +61,23 @@ class TrainState:
             setattr(self, key, value)
 
 
+def noise_banks(cfg, mixer, urls: list[str], device) -> tuple:
+    """``(mixer, corpus bank, babble bank)``: the banks the noise types need, decoded once
+    onto ``device`` (None where unused), and the mixer that draws from them."""
+    bank = babble = None
+    if cfg.data.noise_shards:
+        noise_urls = data.expand_urls(cfg.data.noise_shards)
+        data.manifest_stats(noise_urls)  # the cheap size check against the manifest
+        bank = data.NoiseBank.from_urls(noise_urls, device)
+        mixer = mixer.with_bank(bank.lengths)
+    if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
+        raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
+    if cfg.noise.weights.get("babble", 0) > 0:  # talkers from the training speech itself
+        babble = data.NoiseBank.from_urls(urls, device, cfg.noise.babble_bank_s)
+        mixer = mixer.with_babble(babble.lengths)
+    return mixer, bank, babble
+
+
 def build_data(cfg, rank: int, world: int, device):
     """Turn the config into the training-stream factory, validation factory and sizes.
 
@@ -78,20 +95,8 @@ def build_data(cfg, rank: int, world: int, device):
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
     bridge = cfg.diffusion.objective == "bridge"
     bridge_t = (cfg.diffusion.t_min, cfg.diffusion.t_max) if bridge else None
-    mixer = data.Mixer.from_config(cfg, bridge_t)
+    mixer, bank, babble = noise_banks(cfg, data.Mixer.from_config(cfg, bridge_t), urls, device)
     objective = objective_of(cfg.diffusion)
-    bank = None
-    if cfg.data.noise_shards:
-        noise_urls = data.expand_urls(cfg.data.noise_shards)
-        data.manifest_stats(noise_urls)  # the cheap size check against the manifest
-        bank = data.NoiseBank.from_urls(noise_urls, device)
-        mixer = mixer.with_bank(bank.lengths)
-    if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
-        raise data.DataError("noise.weights.corpus is set but data.noise_shards is empty")
-    babble = None
-    if cfg.noise.weights.get("babble", 0) > 0:  # talkers from the training speech itself
-        babble = data.NoiseBank.from_urls(urls, device, cfg.noise.babble_bank_s)
-        mixer = mixer.with_babble(babble.lengths)
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
     stats["render"] = partial(
         data.render, device=device, bank=bank, objective=objective, babble=babble
