@@ -34,7 +34,7 @@ class Mixer:
         second_prob: float = 0.0,
         bridge_t: tuple[float, float] | None = None,
         modulation_prob: float = 0.0,
-        modulation_db: float = 0.0,
+        modulation_db: float = 20.0,
         sample_rate: int = 16000,
         babble_talkers: int = 5,
         babble_lengths: list[int] | None = None,
