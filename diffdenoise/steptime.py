@@ -85,7 +85,7 @@ def report(figures: dict, workers: int) -> str:
         ("step alone (mixing included)", figures["step_s"]),
         ("device-side mixing alone", figures["render_s"]),
     ]
-    lines = [f"{name:32s} {1e3 * s:9.1f} ms/batch {audio / s:10.1f} audio-s/s" for name, s in rows]
+    lines = [f"{name:32s} {1e3 * s:9.2f} ms/batch {audio / s:10.1f} audio-s/s" for name, s in rows]
     if figures["loader_s"] > figures["step_s"]:
         verdict = "loader-bound: raise data.num_workers, or train from --format pcm16 shards"
     else:
