@@ -3,7 +3,8 @@
 For every test item it measures SI-SDR, wideband PESQ and STOI of the noisy input and of
 each system's output, and reports means overall and per input-SNR bucket, as a markdown
 table on stdout and every number in a JSON file. Clean-only data gets noise mixed in at
-each ``--snr``, deterministically, seeded by the file.
+each ``--snr``, deterministically, seeded by the file, and with ``--reverb RT60`` the
+clean is first reverberated in a synthetic room (:mod:`diffdenoise.room`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from diffdenoise import audio, noise
+from diffdenoise import audio, noise, room
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.data import DataError, expand_urls
@@ -34,10 +35,21 @@ from diffdenoise.progress import progress
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 NOISE_KINDS = tuple(noise.GENERATORS)
+RT60_RANGE = (0.05, 5.0)  # seconds: a vocal booth to a cathedral
+ROOM_STREAM = 1 << 20  # the room's random stream, apart from the SNRs' (0, 1, ...)
 
 
 class EvalError(ValueError):
     """Evaluation inputs that cannot work, phrased for the user."""
+
+
+@dataclass
+class Mixing:
+    """How clean-only audio becomes test input: the SNRs, the noise, and the room."""
+
+    snrs: list[float]
+    noise_files: list[Path]
+    rt60: float = 0.0  # seconds; 0: the clean audio as it is
 
 
 @dataclass
@@ -57,12 +69,23 @@ def bucket_of(snr: float) -> str:
     return f"{5 * round(snr / 5):g} dB"
 
 
-def mixed(key: str, clean: np.ndarray, rate: int, snrs, noise_files) -> Iterator[Item]:
-    """``clean`` with noise at every SNR; noise kind, crop and signal seeded by the key."""
-    for index, snr in enumerate(snrs):
-        rng = np.random.default_rng([EVAL_SEED, zlib.crc32(key.encode()), index])
-        if noise_files:
-            sound = _noise_crop(noise_files[rng.integers(len(noise_files))], rate, len(clean), rng)
+def mixed(key: str, clean: np.ndarray, rate: int, mixing: Mixing) -> Iterator[Item]:
+    """``clean`` with noise at every SNR; noise kind, crop and signal seeded by the key.
+
+    With a room (``mixing.rt60``) the reverberant clean is both the input's speech and
+    the reference: one room per file, the same at every SNR.
+    """
+    seed = [EVAL_SEED, zlib.crc32(key.encode())]
+    if mixing.rt60:
+        response = room.impulse_response(
+            np.random.default_rng([*seed, ROOM_STREAM]), rate, mixing.rt60
+        )
+        clean = room.reverberate(clean, response)
+    for index, snr in enumerate(mixing.snrs):
+        rng = np.random.default_rng([*seed, index])
+        if mixing.noise_files:
+            files = mixing.noise_files
+            sound = _noise_crop(files[rng.integers(len(files))], rate, len(clean), rng)
         else:
             sound = noise.GENERATORS[NOISE_KINDS[rng.integers(len(NOISE_KINDS))]](rng, len(clean))
         noisy = noise.mix_at_snr(clean, sound, snr)
@@ -84,7 +107,7 @@ def paired(key: str, clean: np.ndarray, noisy: np.ndarray, rate: int) -> Item:
     return Item(key, clean, noisy, rate, snr, bucket_of(snr))
 
 
-def shard_items(pattern: str, snrs, noise_files, limit: int = 0) -> Iterator[Item]:
+def shard_items(pattern: str, mixing: Mixing, limit: int = 0) -> Iterator[Item]:
     """Items from WebDataset shards: stored noisy twins where present, else mixed noise."""
     try:
         urls = expand_urls(pattern)
@@ -102,10 +125,10 @@ def shard_items(pattern: str, snrs, noise_files, limit: int = 0) -> Iterator[Ite
         if noisy is not None:
             yield paired(key, clean, audio.decode(noisy)[0], rate)
         else:
-            yield from mixed(key, clean, rate, snrs, noise_files)
+            yield from mixed(key, clean, rate, mixing)
 
 
-def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
+def folder_items(clean_dir: Path, noisy_dir, mixing: Mixing, limit: int = 0):
     """Items from a clean folder, paired with ``noisy_dir`` by name, or mixed."""
     if not clean_dir.is_dir():
         raise EvalError(f"--clean-dir {clean_dir}: not a folder")
@@ -116,7 +139,7 @@ def folder_items(clean_dir: Path, noisy_dir, snrs, noise_files, limit: int = 0):
         data, rate = audio.read(clean_dir / rel)
         clean = audio.to_mono(data)
         if noisy_dir is None:
-            yield from mixed(rel, clean, rate, snrs, noise_files)
+            yield from mixed(rel, clean, rate, mixing)
             continue
         partner = audio.find_partner(rel, noisy_dir)
         if partner is None:
@@ -217,6 +240,14 @@ def parse_args(argv):
     p.add_argument("--noisy-dir", type=Path, help="noisy twins of --clean-dir (same names)")
     p.add_argument("--noise-dir", type=Path, help="noise recordings to mix (default: synthetic)")
     p.add_argument("--snr", default=",".join(f"{s:g}" for s in DEFAULT_SNRS), help="dB list")
+    p.add_argument(
+        "--reverb",
+        type=float,
+        default=0.0,
+        metavar="RT60",
+        help="reverberate clean-only audio in a synthetic room of this RT60 in "
+        "seconds before mixing, and score against the reverberant clean",
+    )
     p.add_argument("--baseline", action="store_true", help="also score a Wiener filter")
     p.add_argument("--max-files", type=int, default=0, help="evaluate at most N files (0: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -236,6 +267,20 @@ def parse_snrs(text: str) -> list[float]:
         return [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise EvalError(f"--snr '{text}': expected a comma-separated list of dB values") from None
+
+
+def parse_mixing(args) -> Mixing:
+    low, high = RT60_RANGE
+    if args.reverb and not low <= args.reverb <= high:
+        raise EvalError(f"--reverb {args.reverb:g}: expected an RT60 in seconds from {low:g} "
+                        f"to {high:g} (0: off)")  # fmt: skip
+    if args.reverb and args.noisy_dir:
+        raise EvalError("--reverb reverberates clean audio before mixing; --noisy-dir pairs "
+                        "are scored as recorded: give one of them")  # fmt: skip
+    noise_files = (
+        [args.noise_dir / f for f in audio.walk(args.noise_dir)[0]] if args.noise_dir else []
+    )
+    return Mixing(parse_snrs(args.snr), noise_files, args.reverb)
 
 
 def build_systems(args) -> dict[str, Callable]:
@@ -276,16 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.shards) == bool(args.clean_dir):
             raise EvalError("give exactly one of --shards GLOB or --clean-dir DIR")
-        snrs = parse_snrs(args.snr)
+        mixing = parse_mixing(args)
         out = json_path(args)
-        noise_files = (
-            [args.noise_dir / f for f in audio.walk(args.noise_dir)[0]] if args.noise_dir else []
-        )
         systems = build_systems(args)
         if args.shards:
-            items = shard_items(args.shards, snrs, noise_files, args.max_files)
+            items = shard_items(args.shards, mixing, args.max_files)
         else:
-            items = folder_items(args.clean_dir, args.noisy_dir, snrs, noise_files, args.max_files)
+            items = folder_items(args.clean_dir, args.noisy_dir, mixing, args.max_files)
         rows = run(items, systems)
     except (EvalError, CheckpointError, audio.AudioError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -295,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarise(rows)
     print(markdown(summary))
-    report = {"checkpoints": args.checkpoint, "snrs": snrs, "summary": summary, "items": rows}
+    report = {"checkpoints": args.checkpoint, "snrs": mixing.snrs, "reverb_rt60": mixing.rt60,
+              "summary": summary, "items": rows}  # fmt: skip
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     print(f"every number: {out}")

@@ -108,6 +108,14 @@ def write_audio(path, data, rate=16000):
         (["--baseline", "--clean-dir", "/nowhere"], "/nowhere: not a folder"),
         (["--baseline", "--clean-dir", ".", "--snr", "0,ten"], "--snr '0,ten'"),
         (["-c", "/nowhere/best.pt", "--clean-dir", "."], "checkpoint not found"),
+        (
+            ["--baseline", "--clean-dir", ".", "--reverb", "-1"],
+            "--reverb -1: expected an RT60 in seconds from 0.05 to 5 (0: off)",
+        ),
+        (
+            ["--baseline", "--clean-dir", ".", "--noisy-dir", ".", "--reverb", "0.5"],
+            "--noisy-dir pairs are scored as recorded",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
@@ -144,3 +152,33 @@ def test_report_lands_beside_the_checkpoint_and_a_bad_path_fails_first(
     err = capsys.readouterr()
     assert "error: --json /proc/version/e.json: cannot create its folder" in err.err
     assert "scoring" not in err.err  # refused before any item was scored
+
+
+def test_reverb_scores_against_the_reverberant_clean(tmp_path):
+    dry = np.concatenate([write_speech_array(1.5), np.zeros(8000, np.float32)])
+    write_audio(tmp_path / "clean" / "u.wav", dry)
+    args = ["--baseline", "--clean-dir", tmp_path / "clean", "--snr", "0,10"]
+    code, report = run_eval(tmp_path, *args, "--reverb", "0.5")
+    assert code == 0 and report["reverb_rt60"] == 0.5
+    for bucket, snr in (("0 dB", 0.0), ("10 dB", 10.0)):  # noisy = reference + noise at snr
+        assert report["summary"][bucket]["noisy"]["si_sdr"] == pytest.approx(snr, abs=0.1)
+    _, dry_report = run_eval(tmp_path, *args)
+    assert dry_report["reverb_rt60"] == 0.0
+    wet_scores = [r["scores"]["wiener"]["si_sdr"] for r in report["items"]]
+    assert wet_scores != [r["scores"]["wiener"]["si_sdr"] for r in dry_report["items"]]
+    _, again = run_eval(tmp_path, *args, "--reverb", "0.5")
+    assert again["items"] == report["items"]  # the room is seeded by the file
+
+
+def test_reverb_room_is_one_per_file_and_its_tail_rings_on():
+    dry = np.concatenate([write_speech_array(1.5), np.zeros(8000, np.float32)])
+    mixing = evaluate.Mixing([0.0, 10.0], [], rt60=0.5)
+    items = list(evaluate.mixed("u.wav", dry, 16000, mixing))
+    assert np.array_equal(items[0].clean, items[1].clean)  # the same room at every SNR
+    wet, speech_end = items[0].clean, 24000
+    assert np.sqrt(np.mean(wet**2)) == pytest.approx(np.sqrt(np.mean(dry**2)), rel=1e-4)
+    after = wet[speech_end : speech_end + 1600]  # 100 ms after the speech stopped
+    assert np.all(dry[speech_end:] == 0) and np.sqrt(np.mean(after**2)) > 1e-3
+    assert np.corrcoef(wet, dry)[0, 1] > 0.7  # still the same speech
+    other = next(iter(evaluate.mixed("v.wav", dry, 16000, mixing))).clean
+    assert not np.array_equal(other, wet)  # another file, another room
