@@ -50,6 +50,9 @@ class NoiseConfig:
     modulation_db: float = 20.0
     babble_talkers: int = 5
     babble_bank_s: float = 600.0
+    reverb_prob: float = 0.0
+    reverb_rt60_min: float = 0.2
+    reverb_rt60_max: float = 1.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
@@ -198,6 +201,7 @@ AT_LEAST_1 = (1, None, True, True)
 AT_LEAST_0 = (0, None, True, True)
 POSITIVE = (0, None, False, True)
 SHARE = (0, 1, True, True)
+RT60_RANGE = (0.05, 5.0)  # seconds of reverberation: a vocal booth to a cathedral
 RANGES = {
     **dict.fromkeys(
         [
@@ -212,8 +216,16 @@ RANGES = {
     **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
     **dict.fromkeys(["noise.infer_timestep", "noise.eq_db", "noise.modulation_db"], AT_LEAST_0),
     **dict.fromkeys(
-        ["noise.clean_prob", "noise.second_prob", "noise.modulation_prob", "model.dropout"], SHARE
+        [
+            "noise.clean_prob",
+            "noise.second_prob",
+            "noise.modulation_prob",
+            "noise.reverb_prob",
+            "model.dropout",
+        ],
+        SHARE,
     ),
+    **dict.fromkeys(["noise.reverb_rt60_min", "noise.reverb_rt60_max"], (*RT60_RANGE, True, True)),
     **dict.fromkeys(
         ["model.depth", "model.channels", "model.max_channels", "model.kernel_size"], AT_LEAST_1
     ),
@@ -353,6 +365,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"'train.val_metrics' has '{name}'; choose from {', '.join(METRICS)}")
     if cfg.noise.snr_min > cfg.noise.snr_max:
         raise ConfigError("'noise.snr_min' must not exceed 'noise.snr_max'")
+    if cfg.noise.reverb_rt60_min > cfg.noise.reverb_rt60_max:
+        raise ConfigError("'noise.reverb_rt60_min' must not exceed 'noise.reverb_rt60_max'")
     if cfg.diffusion.t_min > cfg.diffusion.t_max:
         raise ConfigError("'diffusion.t_min' must not exceed 'diffusion.t_max'")
     if cfg.model.causal:

@@ -293,7 +293,7 @@ def val_batches(
         plan = mixer.plan(rng, clean.shape[0], stored is not None, train=False)
         examples.append((clean, stored, plan, sample["__key__"], sample["__url__"]))
         if len(examples) == batch_size:
-            yield render(collate(examples), device, bank, objective, babble)
+            yield render(collate(examples), device, bank, objective, babble, sample_rate)
             examples = []
     if examples:
-        yield render(collate(examples), device, bank, objective, babble)
+        yield render(collate(examples), device, bank, objective, babble, sample_rate)

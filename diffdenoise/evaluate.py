@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from tqdm import tqdm
 
@@ -35,7 +36,6 @@ from diffdenoise.progress import progress
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 NOISE_KINDS = tuple(noise.GENERATORS)
-RT60_RANGE = (0.05, 5.0)  # seconds: a vocal booth to a cathedral
 ROOM_STREAM = 1 << 20  # the room's random stream, apart from the SNRs' (0, 1, ...)
 
 
@@ -77,10 +77,13 @@ def mixed(key: str, clean: np.ndarray, rate: int, mixing: Mixing) -> Iterator[It
     """
     seed = [EVAL_SEED, zlib.crc32(key.encode())]
     if mixing.rt60:
-        response = room.impulse_response(
-            np.random.default_rng([*seed, ROOM_STREAM]), rate, mixing.rt60
+        normal = np.random.default_rng([*seed, ROOM_STREAM]).standard_normal(
+            room.taps(rate, mixing.rt60)
         )
-        clean = room.reverberate(clean, response)
+        response = room.impulse_responses(
+            torch.from_numpy(normal[None]).float(), torch.tensor([mixing.rt60]), rate
+        )
+        clean = room.reverberate(torch.from_numpy(clean[None]), response)[0].numpy()
     for index, snr in enumerate(mixing.snrs):
         rng = np.random.default_rng([*seed, index])
         if mixing.noise_files:
@@ -270,7 +273,7 @@ def parse_snrs(text: str) -> list[float]:
 
 
 def parse_mixing(args) -> Mixing:
-    low, high = RT60_RANGE
+    low, high = room.RT60_RANGE
     if args.reverb and not low <= args.reverb <= high:
         raise EvalError(f"--reverb {args.reverb:g}: expected an RT60 in seconds from {low:g} "
                         f"to {high:g} (0: off)")  # fmt: skip

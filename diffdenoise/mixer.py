@@ -1,5 +1,5 @@
 """Each training example's noise plan: type, bank position, EQ, loudness envelope, second
-noise, SNR, gain and timestep, drawn in the loader worker; :mod:`diffdenoise.mixing`
+noise, SNR, gain, room and timestep, drawn in the loader worker; :mod:`diffdenoise.mixing`
 renders it on the device."""
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Mixer:
         sample_rate: int = 16000,
         babble_talkers: int = 5,
         babble_lengths: list[int] | None = None,
+        reverb_prob: float = 0.0,
+        reverb_rt60_min: float = 0.2,
+        reverb_rt60_max: float = 1.0,
     ):
         unknown = sorted(set(weights) - set(KINDS))
         if unknown:
@@ -55,6 +58,7 @@ class Mixer:
         self.modulation_prob, self.modulation_db = modulation_prob, modulation_db
         self.sample_rate = sample_rate
         self.babble_talkers, self.babble_lengths = babble_talkers, babble_lengths
+        self.reverb_prob, self.rt60 = reverb_prob, (reverb_rt60_min, reverb_rt60_max)
 
     def plan(self, rng: np.random.Generator, n: int, stored: bool = False, train=True) -> dict:
         """One example's plan for an ``n``-sample crop; ``snr`` is inf for a clean copy.
@@ -73,20 +77,23 @@ class Mixer:
                 sources[1] = self._source(rng, n)
             snr = float(rng.uniform(*self.snr))
         gain_db = float(rng.uniform(*self.gain_db))
+        rt60, room_seed = self._room(rng) if not stored else (0.0, 0)
+        common = {"sources": sources, "level": level, "snr": snr, "gain_db": gain_db,
+                  "stored": stored, "rt60": rt60, "room_seed": room_seed}  # fmt: skip
         if self.bridge_t is not None:  # validation: t = 1, the one-call estimate
             t = float(rng.uniform(*self.bridge_t)) if train else 1.0
             z_seed = int(rng.integers(SEED_RANGE)) if train else 0
-            return {"sources": sources, "level": level, "snr": snr, "gain_db": gain_db,
-                    "stored": stored, "t": t, "z_seed": z_seed}  # fmt: skip
+            return {**common, "t": t, "z_seed": z_seed}
         t = int(rng.integers(0, self.timesteps)) if train and self.timestep == "random" else None
-        return {
-            "sources": sources,
-            "level": level,
-            "snr": snr,
-            "gain_db": gain_db,
-            "stored": stored,
-            "t": self.infer_timestep if t is None else t,
-        }
+        return {**common, "t": self.infer_timestep if t is None else t}
+
+    def _room(self, rng) -> tuple[float, int]:
+        """``(RT60 s, seed of its tail)`` of the room the clean speech is heard in, ``(0.0,
+        0)`` for none: real speech is recorded in rooms, and a model that only heard dry
+        speech takes the reverberant tail for noise."""
+        if not (self.reverb_prob and rng.random() < self.reverb_prob):
+            return 0.0, 0
+        return float(rng.uniform(*self.rt60)), int(rng.integers(SEED_RANGE))
 
     def _source(self, rng, n: int, active: bool = True) -> tuple:
         """``(kind, seed, clip, start, eq gains, sign, modulation dB, envelope points,
@@ -174,4 +181,6 @@ def collate_plans(plans: list[dict]) -> dict[str, torch.Tensor]:
         "snr": torch.tensor([p["snr"] for p in plans], dtype=torch.float32),
         "gain_db": torch.tensor([p["gain_db"] for p in plans], dtype=torch.float32),
         "stored": torch.tensor([p["stored"] for p in plans], dtype=torch.bool),
+        "rt60": torch.tensor([p.get("rt60", 0.0) for p in plans], dtype=torch.float32),
+        "room_seed": torch.tensor([p.get("room_seed", 0) for p in plans], dtype=torch.long),
     }

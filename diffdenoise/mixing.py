@@ -5,7 +5,8 @@ numbers saying which noise, where in the noise bank, which EQ, which SNR and gai
 :meth:`diffdenoise.mixer.Mixer.plan`). This module turns a batch of plans into noisy audio
 on the device the model trains on (a GPU; the CPU in tests): white noise from per-example
 seeded generators, colour and EQ as one batched FFT, recorded noise sliced out of a
-resident bank, an optional loudness envelope, then the mix at each example's SNR. Seeded
+resident bank, an optional loudness envelope, an optional room around the clean speech
+(:mod:`diffdenoise.room`), then the mix at each example's SNR. Seeded
 plans keep exact resume, and a plan depends on its example alone, so validation is the
 same for any world size.
 """
@@ -18,7 +19,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from diffdenoise import audio, tarindex
+from diffdenoise import audio, room, tarindex
 from diffdenoise.noise import SILENCE_POWER
 from diffdenoise.shards import DataError
 
@@ -184,17 +185,42 @@ def seeded_normal(seeds: list[int], length: int, device) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def render(batch: dict, device, bank=None, objective=None, babble=None) -> dict:
+def reverberated(clean: torch.Tensor, plan: dict, sample_rate: int | None) -> torch.Tensor:
+    """``(batch, time)`` clean speech with each planned room (``plan["rt60"]`` > 0) around
+    it, from its seeded tail; the rest as it was. Rows are chosen on the host."""
+    rt60 = plan["rt60"].cpu() if "rt60" in plan else torch.zeros(0)
+    rows = (rt60 > 0).nonzero()[:, 0]
+    if not len(rows):
+        return clean
+    if sample_rate is None:
+        raise DataError("noise.reverb_prob: render() needs the sample rate to build rooms")
+    seeds, lengths = plan["room_seed"].cpu()[rows].tolist(), rt60[rows].tolist()
+    # Each row draws its own length: a generator's first n draws change with how many are
+    # asked for, and a room must not depend on the rooms batched with it.
+    taps = [room.taps(sample_rate, seconds) for seconds in lengths]
+    normal = torch.zeros(len(rows), max(taps), device=clean.device)
+    for k, (seed, count) in enumerate(zip(seeds, taps)):
+        normal[k, :count] = seeded_normal([seed], count, clean.device)[0]
+    responses = room.impulse_responses(normal, rt60[rows].to(clean.device), sample_rate)
+    index = rows.to(clean.device)
+    return clean.index_copy(0, index, room.reverberate(clean[index], responses))
+
+
+def render(
+    batch: dict, device, bank=None, objective=None, babble=None, sample_rate: int | None = None
+) -> dict:
     """A loader batch of clean crops and plans -> the same batch with ``noisy``, ``clean``
     and ``t`` on ``device`` (``(batch, 1, time)``; ``t``: ``(batch,)``).
 
     Examples with a stored noisy twin (paired shards) keep it; the rest are mixed here.
     ``bank`` and ``babble``: the :class:`NoiseBank` of ``corpus`` and ``babble`` sources.
+    Planned rooms reverberate the clean speech first (it stays the target, room and all).
     A bridge ``objective`` adds ``state``, the ``x_t`` between clean and noisy at each
     example's ``t``, with its seeded ``z``.
     """
     clean = as_float(batch["clean"].to(device, non_blocking=True)[:, 0])
     plan = batch["plan"]
+    clean = reverberated(clean, plan, sample_rate)
     snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
     noise = synthesize(plan, clean.shape[-1], device, bank, babble)
     noisy, clean_out = mix_batch(clean, noise, snr, gain)

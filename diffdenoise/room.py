@@ -1,44 +1,62 @@
-"""Synthetic room reverberation, to test a denoiser on speech recorded in a room.
+"""Synthetic room reverberation: speech as a microphone in a room hears it.
 
-Real recordings carry a room's reverberation; TTS and studio speech do not. The evaluation
-reverberates the clean reference itself (``evaluate --reverb RT60``) and scores against
-the reverberant clean, as the DNS Challenge's reverberant test set does: the denoiser is
-asked to remove the noise and keep the room, and one that mistakes the decaying tail for
-noise loses SI-SDR for it.
+Real recordings carry a room's reverberation; TTS and studio speech do not. Both uses here
+reverberate the clean speech itself and keep the reverberant clean as the reference, as
+the DNS Challenge's reverberant sets do: a denoiser should remove the noise and keep the
+room, and one that mistakes the decaying tail for noise loses SI-SDR and PESQ for it.
+``evaluate --reverb RT60`` scores a checkpoint that way; ``noise.reverb_prob`` trains on it.
 
-The impulse response is the usual statistical one: a direct path, then from
-``GAP_S`` on a Gaussian tail whose energy decays 60 dB in ``rt60`` seconds (Polack's
-model), scaled to a fixed direct-to-reverberant ratio.
+The impulse response is the usual statistical one (Polack's model): a direct path, then
+from ``GAP_S`` on a Gaussian tail whose energy decays 60 dB in ``rt60`` seconds, scaled
+to a fixed direct-to-reverberant ratio. Batched torch, so it runs on the training device.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
+import torch
+
+from diffdenoise.config import RT60_RANGE  # noqa: F401 (the valid RT60s, here too)
 
 DRR_DB = 3.0  # direct-to-reverberant energy ratio: a talker about a metre from the mic
 GAP_S = 0.0025  # the first reflection arrives this long after the direct sound
 DECAY_DB = 60.0  # what RT60 means
-LENGTH_RT60 = 1.2  # the tail is cut 72 dB down
+LENGTH_RT60 = 1.2  # each tail is cut 72 dB down
 
 
-def impulse_response(rng: np.random.Generator, rate: int, rt60: float) -> np.ndarray:
-    """A ``(taps,)`` float32 room impulse response with reverberation time ``rt60`` s."""
-    if not rt60 > 0:
-        raise ValueError(f"rt60 must be positive, got {rt60}")
+def taps(rate: int, rt60: float) -> int:
+    """Length of the impulse response of a room with this RT60."""
+    return max(1, round(GAP_S * rate)) + max(1, round(LENGTH_RT60 * rt60 * rate))
+
+
+def impulse_responses(normal: torch.Tensor, rt60: torch.Tensor, rate: int) -> torch.Tensor:
+    """``(n, taps)`` room impulse responses from ``(n, taps)`` N(0, 1) draws and ``(n,)``
+    RT60s in seconds (each row zero past its own :func:`taps`)."""
+    if not bool((rt60 > 0).all()):
+        raise ValueError(f"rt60 must be positive, got {rt60.min().item():g}")
     gap = max(1, round(GAP_S * rate))
-    t = np.arange(max(1, round(LENGTH_RT60 * rt60 * rate))) / rate
-    amplitude_decay = DECAY_DB / 20 * np.log(10) / rt60  # nepers per second
-    tail = rng.standard_normal(len(t)) * np.exp(-amplitude_decay * t)
-    tail *= np.sqrt(10 ** (-DRR_DB / 10) / np.sum(tail**2))  # direct path energy is 1
-    return np.concatenate([[1.0], np.zeros(gap - 1), tail]).astype(np.float32)
+    t = torch.arange(normal.shape[1] - gap, device=normal.device) / rate
+    nepers = DECAY_DB / 20 * math.log(10) / rt60[:, None]  # amplitude decay per second
+    lengths = torch.round(LENGTH_RT60 * rt60 * rate).clamp_min(1)[:, None]
+    inside = torch.arange(len(t), device=normal.device)[None] < lengths
+    tail = normal[:, gap:] * torch.exp(-nepers * t) * inside
+    tail = tail * torch.sqrt(10 ** (-DRR_DB / 10) / tail.square().sum(1, keepdim=True))
+    direct = torch.zeros(len(rt60), gap, device=normal.device)
+    direct[:, 0] = 1.0  # direct path energy is 1
+    return torch.cat([direct, tail], 1)
 
 
-def reverberate(clean: np.ndarray, response: np.ndarray) -> np.ndarray:
-    """``clean`` convolved with ``response``, cut to its length, at its RMS level."""
-    n = len(clean) + len(response) - 1
-    size = 1 << max(0, n - 1).bit_length()  # a power of two: numpy's FFT is fastest there
-    wet = np.fft.irfft(np.fft.rfft(clean, size) * np.fft.rfft(response, size), size)
-    wet = wet[: len(clean)]
-    wet_rms = np.sqrt(np.mean(np.square(wet))) if len(wet) else 0.0
-    dry_rms = np.sqrt(np.mean(np.square(clean, dtype=np.float64))) if len(clean) else 0.0
-    return (wet * (dry_rms / wet_rms if wet_rms > 0 else 1.0)).astype(np.float32)
+def reverberate(clean: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """``(n, time)`` convolved with ``(n, taps)``, cut to ``time``, each row at its dry
+    RMS level (so SNR and gain mean what they meant)."""
+    length = clean.shape[1]
+    # Taps past `time` cannot reach the kept output; and an FFT size set by `time` alone
+    # gives every row the same result whatever responses share its batch.
+    responses = responses[:, :length]
+    size = 1 << max(0, 2 * length - 2).bit_length()  # a power of two >= 2 * time - 1
+    spec = torch.fft.rfft(clean.float(), size) * torch.fft.rfft(responses.float(), size)
+    wet = torch.fft.irfft(spec, size)[:, :length]
+    wet_rms = wet.square().mean(1, keepdim=True).sqrt()
+    dry_rms = clean.float().square().mean(1, keepdim=True).sqrt()
+    return wet * torch.where(wet_rms > 0, dry_rms / wet_rms.clamp_min(1e-20), 1.0)

@@ -99,8 +99,9 @@ def build_data(cfg, rank: int, world: int, device):
     objective = objective_of(cfg.diffusion)
     per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
     stats["render"] = partial(
-        data.render, device=device, bank=bank, objective=objective, babble=babble
-    )
+        data.render, device=device, bank=bank, objective=objective, babble=babble,
+        sample_rate=cfg.data.sample_rate,
+    )  # fmt: skip
 
     pinned = torch.device(device).type == "cuda"
 

@@ -235,7 +235,7 @@ def render_plans(m, clean: np.ndarray, seeds, bank=None, babble=None) -> dict:
     """Mix ``clean`` under the plans ``m`` draws from each seed, as the device would."""
     plans = [m.plan(np.random.default_rng(i), clean.shape[0]) for i in seeds]
     batch = data.collate([(clean, None, p, f"k{i}", "u") for i, p in zip(seeds, plans)])
-    return data.render(batch, "cpu", bank, babble=babble)
+    return data.render(batch, "cpu", bank, babble=babble, sample_rate=16000)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "pink", "brown", "corpus", "babble"])
@@ -243,13 +243,14 @@ def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
     bank = None
     m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5,
-              modulation_prob=0.5, modulation_db=20.0)  # fmt: skip
+              modulation_prob=0.5, modulation_db=20.0, reverb_prob=0.5)  # fmt: skip
     if kind in ("corpus", "babble"):
         bank = data.NoiseBank.from_urls(data.expand_urls(str(make_shards(tmp_path) / "*.tar")))
         m = m.with_bank(bank.lengths) if kind == "corpus" else m.with_babble(bank.lengths)
     b = render_plans(m, clean, range(40), bank, babble=bank if kind == "babble" else None)
     assert (b["plan"]["level"] > 0).any() and (b["plan"]["level"] == 0).any()
     assert (b["plan"]["mod_db"] > 0).any() and (b["plan"]["mod_db"] == 0).any()
+    assert (b["plan"]["rt60"] > 0).any() and (b["plan"]["rt60"] == 0).any()
     for i in range(40):
         measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
         assert measured == pytest.approx(b["snr"][i].item(), abs=0.1)
@@ -282,7 +283,7 @@ def test_mixer_augmentations_keep_the_snr_and_leave_a_share_clean():
 
 def test_mixer_without_augmentations_draws_the_same_stream_as_before():
     plain = mixer().plan(np.random.default_rng(7), 4000)
-    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0, modulation_prob=0.0)
+    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0, modulation_prob=0.0, reverb_prob=0.0)
     off = off.plan(np.random.default_rng(7), 4000)
     assert repr(plain) == repr(off)
     rng = np.random.default_rng(7)  # the original recipe's draws, in order
@@ -291,6 +292,34 @@ def test_mixer_without_augmentations_draws_the_same_stream_as_before():
     assert plain["sources"][0][:2] == (kind, seed)
     assert plain["snr"] == float(rng.uniform(-5, 20))
     assert plain["t"] == int((rng.uniform(0, 0), rng.integers(0, 1000))[1])
+
+
+def test_planned_rooms_reverberate_the_clean_target_and_depend_on_the_example_alone():
+    from diffdenoise import demo_data
+
+    speech = demo_data.utterance(np.random.default_rng(7), 1.5, 16000)
+    dry = np.concatenate([speech, np.zeros(8000, np.float32)])  # then 0.5 s of silence
+    m = mixer(reverb_prob=0.5, reverb_rt60_min=0.3, reverb_rt60_max=1.2, snr_min=10, snr_max=10)
+    b = render_plans(m, dry, range(12))
+    rooms = b["plan"]["rt60"] > 0
+    assert 2 <= int(rooms.sum()) <= 10 and torch.all(b["plan"]["rt60"][rooms] >= 0.3)
+    gain = 10 ** (b["plan"]["gain_db"] / 20)
+    for i in range(12):
+        target = b["clean"][i, 0].numpy() / gain[i].item()
+        if not rooms[i]:
+            assert np.allclose(target, dry, atol=1e-6)  # no room: the crop as it was
+            continue
+        assert np.sqrt(np.mean(target**2)) == pytest.approx(np.sqrt(np.mean(dry**2)), rel=1e-4)
+        assert np.sqrt(np.mean(target[24000:25600] ** 2)) > 1e-3  # the room rings on
+        measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
+        assert measured == pytest.approx(10.0, abs=0.1)  # against the reverberant clean
+    for i in rooms.nonzero()[:, 0].tolist():  # alone, or batched with longer rooms
+        alone = render_plans(m, dry, [i])["clean"][0]  # equal up to the batched FFT's rounding
+        assert torch.allclose(alone, b["clean"][i], rtol=0, atol=1e-6)
+    with pytest.raises(data.DataError, match="needs the sample rate"):
+        batch = data.collate([(dry, None, m.plan(np.random.default_rng(i), 32000), "k", "u")
+                              for i in rooms.nonzero()[:1, 0].tolist()])  # fmt: skip
+        data.render(batch, "cpu")
 
 
 def frame_levels_db(wave: np.ndarray, frame: int) -> np.ndarray:
