@@ -37,7 +37,8 @@ def stream(urls, bank=None, **kw):
         shuffle_buffer=8,
     )
     args.update(kw)
-    return (data.render(b, "cpu", bank) for b in data.TrainStream(urls, **args))
+    stream = data.TrainStream(urls, **args)
+    return (data.render(b, "cpu", bank, sample_rate=args["sample_rate"]) for b in stream)
 
 
 @pytest.fixture(scope="module")
