@@ -123,8 +123,13 @@ FAMILY_ARGS = {
     "spectral": ["model.family=spectral", "model.spectral.hidden=32", "model.spectral.layers=2"],
     # a bridge: t, x_t and its noise drawn from the plans; spectral norm's power iteration
     "bridge": ["diffusion.objective=bridge", "model.spectral_norm=true"],
-    # talkers drawn from the training speech, and loudness envelopes
-    "babble": ["noise.weights.babble=1.0", "noise.modulation_prob=0.5", "noise.babble_bank_s=2"],
+    # talkers drawn from the training speech, loudness envelopes and rooms
+    "babble": [
+        "noise.weights.babble=1.0",
+        "noise.modulation_prob=0.5",
+        "noise.babble_bank_s=2",
+        "noise.reverb_prob=0.5",
+    ],
 }
 
 
@@ -167,6 +172,7 @@ def test_exact_resume_two_processes(shards, tmp_path, objective):
         "log.every=1",
         "train.batch_size=2",
         f"diffusion.objective={objective}",
+        "noise.reverb_prob=0.5",  # rooms are part of the device-side mixing they resume
     ]
     first = accelerate_launch([TRAIN, *args_for(shards, tmp_path / "a", *common)])
     assert "2 process(es) on cpu" in first.stdout

@@ -25,7 +25,8 @@ def main(shard_dir: str, out: str, workers: int) -> None:
     babble = data.NoiseBank.from_urls(urls, max_seconds=3.0)  # the same bank on every rank
     weights = {"gaussian": 1.0, "pink": 1.0, "babble": 1.0}
     mixer = data.Mixer(weights, 0, 20, 0, 0, "random", 1000, 0, modulation_prob=0.5,
-                       modulation_db=20.0, babble_talkers=3).with_babble(babble.lengths)
+                       modulation_db=20.0, babble_talkers=3, reverb_prob=0.5,
+                       reverb_rt60_min=0.1, reverb_rt60_max=0.4).with_babble(babble.lengths)
     n = data.batches_per_epoch(data.manifest_stats(urls)["samples"], 2, world)
     stream = data.TrainStream(urls, segment=4000, sample_rate=16000, batch_size=2, batches=n,
                               mixer=mixer, seed=0, rank=rank, world_size=world)
