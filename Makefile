@@ -15,7 +15,7 @@ DEMO_DIR := demo
 DEMO_MINUTES ?= 10
 DEMO_STEPS ?= 1000
 
-.PHONY: install test test-fast lint format demo shards train infer eval bench quality quality-causal devcorpus clean
+.PHONY: install test test-fast lint format demo shards train infer eval bench quality quality-causal devcorpus reccorpus clean
 
 install: $(STAMP)
 
@@ -95,6 +95,14 @@ $(DEVCORPUS)/speech/meta.json: | $(STAMP)
 		|| (apt-get update -q && apt-get install -y -q espeak-ng flite festival festvox-kallpc16k \
 		festvox-kdlpc16k fortune-mod fortunes fortunes-min)
 	$(PY) $(DEVCORPUS_SCRIPT) $(DEVCORPUS) --minutes 30 --seed 1
+
+# Recorded speech (KTuberling's words, 26 languages) and recorded noise (game music and sound
+# effects) from Debian packages that are not reserved for the independent evaluation.
+RECCORPUS := data/reccorpus
+reccorpus: $(RECCORPUS)/speech/meta.json
+
+$(RECCORPUS)/speech/meta.json: | $(STAMP)
+	$(PY) -m diffdenoise.reccorpus $(RECCORPUS)
 
 shards: $(STAMP)
 ifeq ($(CLEAN_DIR),)
