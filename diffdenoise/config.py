@@ -53,6 +53,7 @@ class NoiseConfig:
     reverb_prob: float = 0.0
     reverb_rt60_min: float = 0.2
     reverb_rt60_max: float = 1.0
+    speech_eq_db: float = 0.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
@@ -214,7 +215,10 @@ RANGES = {
         AT_LEAST_1,
     ),
     **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
-    **dict.fromkeys(["noise.infer_timestep", "noise.eq_db", "noise.modulation_db"], AT_LEAST_0),
+    **dict.fromkeys(
+        ["noise.infer_timestep", "noise.eq_db", "noise.modulation_db", "noise.speech_eq_db"],
+        AT_LEAST_0,
+    ),
     **dict.fromkeys(
         [
             "noise.clean_prob",

@@ -206,6 +206,27 @@ def reverberated(clean: torch.Tensor, plan: dict, sample_rate: int | None) -> to
     return clean.index_copy(0, index, room.reverberate(clean[index], responses))
 
 
+def equalized(clean: torch.Tensor, plan: dict) -> torch.Tensor:
+    """``(batch, time)`` clean speech through each example's smooth EQ
+    (``plan["speech_eq"]``, dB at :data:`EQ_BANDS` log-spaced points), level kept; rows
+    without one (all-zero gains) come back as they were. Rows are chosen on the host."""
+    gains = plan.get("speech_eq")
+    rows = (gains.cpu() != 0).any(1).nonzero()[:, 0] if gains is not None else []
+    if not len(rows):
+        return clean
+    index = rows.to(clean.device)
+    picked = clean[index]
+    spec = torch.fft.rfft(picked)
+    curve = 10 ** (
+        gains.to(clean.device)[index] @ _eq_weights(spec.shape[-1], str(clean.device)).T / 20
+    )
+    shaped = torch.fft.irfft(spec * curve, picked.shape[-1])
+    level = picked.square().mean(-1, keepdim=True) / shaped.square().mean(
+        -1, keepdim=True
+    ).clamp_min(1e-20)
+    return clean.index_copy(0, index, shaped * level.sqrt())
+
+
 def render(
     batch: dict, device, bank=None, objective=None, babble=None, sample_rate: int | None = None
 ) -> dict:
@@ -220,7 +241,7 @@ def render(
     """
     clean = as_float(batch["clean"].to(device, non_blocking=True)[:, 0])
     plan = batch["plan"]
-    clean = reverberated(clean, plan, sample_rate)
+    clean = equalized(reverberated(clean, plan, sample_rate), plan)
     snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
     noise = synthesize(plan, clean.shape[-1], device, bank, babble)
     noisy, clean_out = mix_batch(clean, noise, snr, gain)

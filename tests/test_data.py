@@ -244,7 +244,8 @@ def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
     bank = None
     m = mixer(weights={kind: 1.0}, snr_min=-10, snr_max=30, eq_db=6.0, second_prob=0.5,
-              modulation_prob=0.5, modulation_db=20.0, reverb_prob=0.5)  # fmt: skip
+              modulation_prob=0.5, modulation_db=20.0, reverb_prob=0.5,
+              speech_eq_db=6.0)  # fmt: skip
     if kind in ("corpus", "babble"):
         bank = data.NoiseBank.from_urls(data.expand_urls(str(make_shards(tmp_path) / "*.tar")))
         m = m.with_bank(bank.lengths) if kind == "corpus" else m.with_babble(bank.lengths)
@@ -284,7 +285,8 @@ def test_mixer_augmentations_keep_the_snr_and_leave_a_share_clean():
 
 def test_mixer_without_augmentations_draws_the_same_stream_as_before():
     plain = mixer().plan(np.random.default_rng(7), 4000)
-    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0, modulation_prob=0.0, reverb_prob=0.0)
+    off = mixer(clean_prob=0.0, eq_db=0.0, second_prob=0.0, modulation_prob=0.0, reverb_prob=0.0,
+                speech_eq_db=0.0)  # fmt: skip
     off = off.plan(np.random.default_rng(7), 4000)
     assert repr(plain) == repr(off)
     rng = np.random.default_rng(7)  # the original recipe's draws, in order
@@ -321,6 +323,28 @@ def test_planned_rooms_reverberate_the_clean_target_and_depend_on_the_example_al
         batch = data.collate([(dry, None, m.plan(np.random.default_rng(i), 32000), "k", "u")
                               for i in rooms.nonzero()[:1, 0].tolist()])  # fmt: skip
         data.render(batch, "cpu")
+
+
+def test_speech_eq_shapes_the_clean_target_smoothly_and_keeps_its_level():
+    from diffdenoise import demo_data, mixing
+
+    speech = demo_data.utterance(np.random.default_rng(3), 1.0, 16000)
+    b = render_plans(mixer(speech_eq_db=6.0, snr_min=10, snr_max=10), speech, range(6))
+    gains = b["plan"]["speech_eq"]
+    assert gains.shape == (6, mixing.EQ_BANDS) and 0 < gains.abs().max() <= 6.0
+    weights = mixing._eq_weights(8001, "cpu").numpy()
+    for i in range(6):
+        target = b["clean"][i, 0].numpy() / 10 ** (b["plan"]["gain_db"][i].item() / 20)
+        curve = 10 ** (weights @ gains[i].numpy() / 20)
+        expected = np.fft.irfft(np.fft.rfft(speech) * curve, len(speech))
+        expected *= np.sqrt(np.mean(speech**2) / np.mean(expected**2))
+        assert np.allclose(target, expected, atol=1e-5)  # the planned curve, level kept
+        measured = noise.snr_db(b["clean"][i, 0].numpy(), b["noisy"][i, 0].numpy())
+        assert measured == pytest.approx(10.0, abs=0.1)  # against the equalised clean
+    off = render_plans(mixer(snr_min=10, snr_max=10), speech, range(2))
+    assert not off["plan"]["speech_eq"].any()
+    assert torch.allclose(off["clean"][:, 0] / 10 ** (off["plan"]["gain_db"][:, None] / 20),
+                          torch.from_numpy(speech)[None], atol=1e-6)  # fmt: skip
 
 
 def frame_levels_db(wave: np.ndarray, frame: int) -> np.ndarray:
