@@ -104,7 +104,7 @@ def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
         model.train()  # training sees the whole correction
         torch.testing.assert_close(model.gain(spec, t), torch.sigmoid(base + 2.0))
     cfg = config.load([config.find_config("default")])
-    assert build_model(cfg.model, 16000).correction_scale == 0.5
+    assert build_model(cfg.model, 16000).correction_scale == 0.25
 
 
 KERNEL_CHECK = """
