@@ -29,7 +29,7 @@ from diffdenoise.baseline import wiener
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import model_for
-from diffdenoise.quality_data import QualityData, prepare
+from diffdenoise.quality_data import QualityData, prepare, recorded_parts
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 QUALITY_SEED = 20261127
@@ -94,23 +94,28 @@ def train_wave(recipes: list[str], minutes: float, qd: QualityData, runs: Path) 
 
 def test_items(qd: QualityData) -> list[evaluate.Item]:
     """Held-out speech x SNRs, noise types dealt round-robin; plus each file clean."""
-    names, items = sorted(qd.test_noise), []
-    for i, path in enumerate(qd.test_speech):
-        data, rate = audio.read(path)
-        clean = audio.resample(audio.to_mono(data), rate, qd.rate)
+    return mixed_items(qd.test_speech, qd.test_noise, qd.rate, clean_rows=True)
+
+
+def mixed_items(speech: list[Path], noises: dict, rate: int, clean_rows: bool = False):
+    """Each speech file x :data:`SNRS`, the ``noises`` (name -> ``(time,)`` at ``rate``)
+    dealt round-robin, seeded by the file; with ``clean_rows``, each file clean too."""
+    names, items = sorted(noises), []
+    for i, path in enumerate(speech):
+        data, file_rate = audio.read(path)
+        clean = audio.resample(audio.to_mono(data), file_rate, rate)
         key = path.name
         for j, snr in enumerate(SNRS):
             name = names[(i + j) % len(names)]
             rng = np.random.default_rng([QUALITY_SEED, zlib.crc32(key.encode()), j])
-            sound = qd.test_noise[name]
+            sound = noises[name]
             sound = np.tile(sound, len(clean) // max(len(sound), 1) + 2)
             start = int(rng.integers(0, len(sound) - len(clean)))
             noisy = noise.mix_at_snr(clean, sound[start : start + len(clean)], snr)
             bucket = evaluate.bucket_of(snr)
-            items.append(
-                evaluate.Item(f"{key}@{snr:g}dB", clean, noisy, qd.rate, snr, bucket, name)
-            )
-        items.append(evaluate.Item(f"{key}@clean", clean, clean.copy(), qd.rate, np.inf, "clean"))
+            items.append(evaluate.Item(f"{key}@{snr:g}dB", clean, noisy, rate, snr, bucket, name))
+        if clean_rows:
+            items.append(evaluate.Item(f"{key}@clean", clean, clean.copy(), rate, np.inf, "clean"))
     return items
 
 
@@ -180,6 +185,23 @@ def summaries(rows: list[dict]) -> tuple[dict, dict]:
         "clean": main_only(evaluate.summarise([r for r in rows if r["bucket"] == "clean"])),
     }
     return tables, every
+
+
+def recorded_section(rows: list[dict], folder: Path, files: int) -> tuple[list[str], dict]:
+    """The report's lines and tables for the recorded test set."""
+    tables = {"snr": evaluate.summarise(rows), "noise": evaluate.summarise(rows, key="noise")}
+    lines = [
+        f"## Recorded speech ({folder})",
+        "",
+        f"{files} utterances people recorded (a second test set, trained on by nothing), "
+        "mixed with the held-out noise parts above and the recordings in its noise/ folder.",
+        "",
+        evaluate.markdown(tables["snr"]),
+        "",
+        evaluate.markdown(tables["noise"]).replace("| input SNR |", "| noise |", 1),
+        "",
+    ]
+    return lines, tables
 
 
 def report(
@@ -255,6 +277,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--skip-training", action="store_true", help="score the existing runs")
+    p.add_argument(
+        "--recorded", type=Path,
+        help="also score recorded speech: a make reccorpus folder (speech/, noise/)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -290,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     specs = {recipe_files(r)[0]: r for r in args.recipes.split(",") if r}
     qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise)
+    recorded = recorded_parts(args.recorded, args.rate) if args.recorded else None
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.skip_training:
@@ -306,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     rtf = rtf_at_48k(specs[main_recipe])
     checks = verdicts(tables["snr"], tables["clean"]["clean"], rtf, main_recipe)
     steps_text, step_checks = steps_sections(bridges, specs, all_systems, args.out)
+    if recorded is not None:
+        speech, noises = recorded
+        rec_rows = evaluate.run(mixed_items(speech, qd.test_noise | noises, qd.rate),
+                                {**models, "wiener": wiener})  # fmt: skip
+        rec_text, tables["recorded"] = recorded_section(rec_rows, args.recorded, len(speech))
+        steps_text = [*rec_text, *steps_text]
     checks += step_checks
     info = {r: run_info(run, models[r].model) for r, run in runs.items()}
     text = report(tables, checks, args.minutes, info, qd, steps_text)

@@ -21,6 +21,7 @@ from diffdenoise import audio
 
 TEST_FRACTION = 0.15
 TRAIN_SHARE = 0.8
+RECORDED_EVERY = 13  # every 13th utterance of a recorded corpus: 40 of make reccorpus's 532
 
 
 @dataclass
@@ -73,6 +74,26 @@ def noise_parts(noise_dir: Path, rate: int, holdout: str) -> tuple[dict, dict, s
             train[name] = wave[:cut]
         test[name] = wave[cut:]
     return train, test, holdout
+
+
+def recorded_parts(folder: Path, rate: int) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """A recorded corpus (``make reccorpus``: ``speech/`` and ``noise/``) as a second test
+    set: every :data:`RECORDED_EVERY`-th utterance (from the 7th on) and each noise file
+    whole at ``rate``. Checked before any training starts."""
+    speech_dir, noise_dir = folder / "speech", folder / "noise"
+    for part in (speech_dir, noise_dir):
+        if not part.is_dir():
+            raise SystemExit(f"error: --recorded {folder}: no {part.name}/ folder in it "
+                             "(make reccorpus builds one)")  # fmt: skip
+    files = audio.walk(speech_dir)[0][RECORDED_EVERY // 2 :: RECORDED_EVERY]
+    noise_files = audio.walk(noise_dir)[0]
+    if not files or not noise_files:
+        raise SystemExit(f"error: --recorded {folder}: needs audio in both speech/ and noise/")
+    noises = {}
+    for rel in noise_files:
+        data, orig = audio.read(noise_dir / rel)
+        noises[f"recorded {Path(rel).stem}"] = audio.resample(audio.to_mono(data), orig, rate)
+    return [speech_dir / f for f in files], noises
 
 
 def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: str = ""):
