@@ -21,7 +21,7 @@ from diffdenoise import audio
 
 TEST_FRACTION = 0.15
 TRAIN_SHARE = 0.8
-RECORDED_EVERY = 13  # every 13th utterance of a recorded corpus: 40 of make reccorpus's 532
+RECORDED_EVERY = 13  # every 13th utterance of a recorded corpus: 41 of make reccorpus's 532
 
 
 @dataclass
