@@ -196,7 +196,7 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
-NOISE_TYPES = ("gaussian", "pink", "brown", "corpus", "babble")
+NOISE_TYPES = ("gaussian", "pink", "brown", "corpus", "babble", "tonal", "bursts")
 # Numeric ranges: key -> (low, high, low allowed itself?, high allowed itself?); None = no bound.
 AT_LEAST_1 = (1, None, True, True)
 AT_LEAST_0 = (0, None, True, True)

@@ -19,13 +19,15 @@ from functools import cache
 import numpy as np
 import torch
 
-from diffdenoise import audio, room, tarindex
+from diffdenoise import audio, moving, room, tarindex
 from diffdenoise.noise import SILENCE_POWER
 from diffdenoise.shards import DataError
 
-KINDS = ("gaussian", "pink", "brown", "corpus", "babble")
-EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0])  # power spectrum ~ 1 / f**exponent
+KINDS = ("gaussian", "pink", "brown", "corpus", "babble", "tonal", "bursts")
+EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 1.0])  # power ~ 1 / f**exponent
 CORPUS, BABBLE = KINDS.index("corpus"), KINDS.index("babble")
+COLOURS = torch.tensor([KINDS.index(k) for k in ("gaussian", "pink", "brown")])
+MOVING = {KINDS.index("tonal"): moving.tonal, KINDS.index("bursts"): moving.bursts}
 SOURCES = 2  # a primary noise and an optional second one
 EQ_BANDS = 8  # random EQ: independent gains at this many log-spaced points, interpolated
 SEED_RANGE = 2**62  # per-source generator seeds (an envelope's: its source's + 1)
@@ -95,13 +97,16 @@ class NoiseBank:
         return self.pcm[index].float() / 32768
 
 
-def synthesize(plan: dict, length: int, device, bank=None, babble=None) -> torch.Tensor:
+def synthesize(
+    plan: dict, length: int, device, bank=None, babble=None, sample_rate: int | None = None
+) -> torch.Tensor:
     """The noise of a batch of plans: ``(batch, length)``.
 
     Each example sums up to :data:`SOURCES` sources, each white noise (coloured by its
-    kind), a crop of the noise ``bank`` or talkers from the ``babble`` bank (both
-    :class:`NoiseBank`), through its EQ and polarity, at unit power; the second source is
-    weighted by ``plan["level"]`` (0: none).
+    kind), notes or bursts (:mod:`diffdenoise.moving`, which need ``sample_rate``), a crop
+    of the noise ``bank`` or talkers from the ``babble`` bank (both :class:`NoiseBank`),
+    through its EQ and polarity, at unit power; the second source is weighted by
+    ``plan["level"]`` (0: none).
     """
     # Which rows to make is decided from the plan on the host, where the loader left it:
     # choosing them from device tensors would stall on every batch.
@@ -112,9 +117,15 @@ def synthesize(plan: dict, length: int, device, bank=None, babble=None) -> torch
     batch = plan["kind"].shape[0]
     waves = torch.zeros(batch * SOURCES, length, device=device)
     seeds = plan["seed"].cpu().flatten().tolist()
-    white = rows[(kinds[rows] != CORPUS) & (kinds[rows] != BABBLE)].tolist()
-    if white:
-        waves[white] = seeded_normal([seeds[r] for r in white], length, device)
+    white = rows[torch.isin(kinds[rows], COLOURS)]
+    if len(white):
+        waves[white.tolist()] = seeded_normal([seeds[r] for r in white.tolist()], length, device)
+    for kind, make in MOVING.items():
+        made = rows[kinds[rows] == kind].tolist()
+        if made and sample_rate is None:
+            raise DataError(f"noise.weights.{KINDS[kind]}: synthesize() needs the sample rate")
+        if made:
+            waves[made] = make([seeds[r] for r in made], length, sample_rate, device)
     if len(corpus):
         if bank is None:
             raise DataError("noise.weights.corpus needs data.noise_shards")
@@ -243,7 +254,7 @@ def render(
     plan = batch["plan"]
     clean = equalized(reverberated(clean, plan, sample_rate), plan)
     snr, gain = plan["snr"].to(device), plan["gain_db"].to(device)
-    noise = synthesize(plan, clean.shape[-1], device, bank, babble)
+    noise = synthesize(plan, clean.shape[-1], device, bank, babble, sample_rate)
     noisy, clean_out = mix_batch(clean, noise, snr, gain)
     if batch.get("noisy") is not None:
         stored = plan["stored"].to(device)[:, None]

@@ -132,3 +132,11 @@ def test_a_config_builds_on_its_base(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
         config.load([tmp_path / "c.yaml"])
+
+
+def test_every_noise_type_the_device_mixer_makes_is_a_config_choice():
+    from diffdenoise import mixing
+
+    assert config.NOISE_TYPES == mixing.KINDS
+    cfg = config.load([], ["noise.weights.tonal=1", "noise.weights.bursts=0.5"])
+    assert cfg.noise.weights["tonal"] == 1 and cfg.noise.weights["bursts"] == 0.5

@@ -239,7 +239,9 @@ def render_plans(m, clean: np.ndarray, seeds, bank=None, babble=None) -> dict:
     return data.render(batch, "cpu", bank, babble=babble, sample_rate=16000)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "pink", "brown", "corpus", "babble"])
+@pytest.mark.parametrize(
+    "kind", ["gaussian", "pink", "brown", "corpus", "babble", "tonal", "bursts"]
+)
 def test_device_mixer_hits_the_snr_of_every_noise_type(kind, tmp_path):
     clean = np.sin(np.linspace(0, 900, 16000)).astype(np.float32) * 0.3
     bank = None
