@@ -70,6 +70,7 @@ class SpectralConfig:
     prior: bool = True
     local_channels: int = 0
     correction_scale: float = 1.0
+    prior_floor: float = 0.0
 
 
 @dataclass
@@ -244,6 +245,7 @@ RANGES = {
     "model.spectral.noise_window_s": POSITIVE,
     "model.spectral.local_channels": AT_LEAST_0,
     "model.spectral.correction_scale": SHARE,
+    "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
     "model.lookahead_ms": AT_LEAST_0,
     **dict.fromkeys(
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0

@@ -112,7 +112,10 @@ def corrected_gain(model: nn.Module, correction: torch.Tensor, classical: torch.
         # Trained corrections overshoot on noise and speech the model has not seen:
         # applying a share of them generalises better (measured on held-out speech).
         correction = correction * model.correction_scale
-    base = torch.logit(classical.clamp(GAIN_EPS, 1 - GAIN_EPS)) if model.prior else 0.0
+    # The prior's floor keeps it from suppressing deeper than the noise estimate can
+    # justify (moving noise); the correction may still go below it where it is sure.
+    low = max(GAIN_EPS, getattr(model, "prior_floor", 0.0))
+    base = torch.logit(classical.clamp(low, 1 - GAIN_EPS)) if model.prior else 0.0
     return torch.sigmoid(base + correction)
 
 
@@ -154,6 +157,7 @@ class SpectralMaskModel(nn.Module):
         prior: bool = True,
         local_channels: int = 0,
         correction_scale: float = 1.0,
+        prior_floor: float = 0.0,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -165,7 +169,7 @@ class SpectralMaskModel(nn.Module):
         self.bins = self.n_fft // 2 + 1
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.prior, self.time_dim = prior, time_dim
-        self.correction_scale = correction_scale
+        self.correction_scale, self.prior_floor = correction_scale, prior_floor
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)

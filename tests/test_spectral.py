@@ -107,6 +107,22 @@ def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
     assert build_model(cfg.model, 16000).correction_scale == 0.25
 
 
+def test_prior_floor_bounds_the_prior_and_not_the_correction():
+    x = torch.randn(1, 1, 16000) * 0.1  # noise alone: the prior wants to remove it all
+    spec = small().stft(x[:, 0])
+    t = torch.zeros(1)
+    classical, _ = wiener_gain(spec.abs().square(), small().window_frames)
+    with torch.no_grad():
+        plain, floored = small().gain(spec, t), small(prior_floor=0.1).gain(spec, t)
+        assert plain.min() < 0.03 and floored.min() == pytest.approx(0.1, abs=1e-6)
+        torch.testing.assert_close(floored, classical.clamp(0.1, 1 - GAIN_EPS))
+        sure = small(prior_floor=0.1)
+        sure.out.bias.fill_(-2.0)  # a learned correction may still suppress below the floor
+        assert sure.gain(spec, t).min() < 0.1 * 0.2
+    causal = config.load([config.find_config("realtime")], ["model.spectral.prior_floor=0.1"])
+    assert build_model(causal.model, 16000).prior_floor == 0.1
+
+
 KERNEL_CHECK = """
 import torch
 from diffdenoise import kernels
