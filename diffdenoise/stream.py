@@ -136,19 +136,23 @@ def segment_window(length: int, seg: Segment) -> np.ndarray:
 
 
 class _Window:
-    """A sliding view of a block stream: zero-filled slices by absolute sample index."""
+    """A sliding view of a block stream: slices by absolute sample index."""
 
     def __init__(self, blocks: Iterator[np.ndarray], channels: int):
         self.blocks = blocks
         self.buf = np.zeros((channels, 0), np.float32)
         self.start = 0
 
-    def take(self, lo: int, hi: int) -> np.ndarray:
+    def take(self, lo: int, hi: int, total: int | None = None) -> np.ndarray:
+        """Samples ``lo`` to ``hi``. Beyond the ends of a signal of ``total`` samples they
+        are its mirror image; without ``total``, zeros."""
         while self.start + self.buf.shape[1] < hi:
             block = next(self.blocks, None)
             if block is None:
                 break
             self.buf = np.concatenate([self.buf, block], axis=1)
+        if total is not None and (lo < 0 or hi > total):
+            return self.buf[:, mirrored(np.arange(lo, hi), total) - self.start]
         out = np.zeros((self.buf.shape[0], hi - lo), np.float32)
         a, b = max(lo, self.start), min(hi, self.start + self.buf.shape[1])
         if b > a:
@@ -158,6 +162,16 @@ class _Window:
     def drop_before(self, index: int) -> None:
         cut = max(0, min(index - self.start, self.buf.shape[1]))
         self.buf, self.start = self.buf[:, cut:], self.start + cut
+
+
+def mirrored(index: np.ndarray, total: int) -> np.ndarray:
+    """Sample indices reflected into ``[0, total)`` about the end samples, as ``np.pad``'s
+    ``reflect`` (repeatedly, for a pad longer than the signal)."""
+    if total == 1:
+        return np.zeros_like(index)
+    period = 2 * (total - 1)
+    index = np.mod(index, period)
+    return np.where(index >= total, period - index, index)
 
 
 def overlap_add(
@@ -178,13 +192,16 @@ def overlap_add(
         process: ``(rows, time), keys`` -> ``(rows, time)``; each channel of each segment
             is a row, and ``keys`` gives each row's ``(segment start, channel)``.
         context: real neighbouring audio added on both sides of each segment for the model
-            to see, then cropped away (zeros only beyond the ends of the signal).
+            to see, then cropped away. Beyond the ends of the signal it is the signal's
+            mirror image, not zeros: a spectral model takes its noise estimate from a
+            segment's quietest frames, and digital silence there would make it too low.
         batch_rows: rows per ``process`` call.
     Yields:
         ``(channels, n)`` output blocks, ``total`` samples in all, as soon as final.
     """
     length, segments = plan_segments(total, length, overlap, pad_last)
     source = _Window(iter(blocks), channels)
+    edge = None if pad_last else total  # the original's cut keeps its zero padding
     per_call = max(1, batch_rows // channels)
     acc = np.zeros((channels, 0), np.float64)
     weight = np.zeros(0, np.float64)
@@ -192,7 +209,7 @@ def overlap_add(
     for first in range(0, len(segments), per_call):
         group = segments[first : first + per_call]
         rows = np.concatenate(
-            [source.take(s.start - context, s.start + length + context) for s in group]
+            [source.take(s.start - context, s.start + length + context, edge) for s in group]
         )
         keys = [(s.start, c) for s in group for c in range(channels)]
         out = process(rows, keys)[:, context : context + length]

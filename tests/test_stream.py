@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffdenoise import Denoiser
-from diffdenoise.stream import plan_segments, resample_stream, segment_window
+from diffdenoise.stream import mirrored, plan_segments, resample_stream, segment_window
 
 
 class Identity(torch.nn.Module):
@@ -46,6 +46,50 @@ def test_identity_model_reproduces_input(length, channels, segment, overlap_pct,
     y = denoiser(x, rate)
     assert y.shape == x.shape
     np.testing.assert_allclose(y, x, atol=1e-5)
+
+
+class Recorder(Identity):
+    """A test double that keeps every row it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def forward(self, x, t=None):
+        self.rows += list(x[:, 0].numpy().copy())
+        return x
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(1, 400), pad=st.integers(0, 900))
+def test_mirrored_indices_are_numpy_reflect_padding(total, pad):
+    x = np.arange(total)
+    expected = np.pad(x, pad, mode="reflect") if total > 1 else np.zeros(total + 2 * pad)
+    np.testing.assert_array_equal(mirrored(np.arange(-pad, total + pad), total), expected)
+
+
+@pytest.mark.parametrize("length", [300, 2500])
+def test_context_beyond_the_ends_is_the_signal_mirrored(length):
+    """Digital silence in a segment's context would sit among its quietest frames, which
+    a spectral model takes for the noise, and it never saw such zeros in training."""
+    rate, context = 1000, 50
+    model = Recorder()
+    denoiser = Denoiser(model, rate, segment=1.0, overlap=0.1, context=context / rate)
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    np.testing.assert_allclose(denoiser(x, rate), x, atol=1e-5)
+    padded = np.pad(x, context, mode="reflect")
+    first, last = model.rows[0], model.rows[-1]
+    np.testing.assert_array_equal(first, padded[: len(first)])
+    np.testing.assert_array_equal(last, padded[len(padded) - len(last) :])
+    assert all(np.abs(row).min() > 0 for row in model.rows)  # no zero-filled sample
+
+
+def test_seed_mode_keeps_the_originals_zero_padding():
+    model = Recorder()
+    x = np.ones(1500, np.float32)
+    Denoiser(model, 1000, segment=1.0, mode="seed")(x, 1000)
+    assert [len(r) for r in model.rows] == [1000, 1000]
+    assert (model.rows[1][500:] == 0).all()
 
 
 @pytest.mark.parametrize("total,length,overlap", [(10, 4, 1), (4000, 1000, 250), (1001, 1000, 0)])
