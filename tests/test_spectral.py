@@ -123,6 +123,15 @@ def test_prior_floor_bounds_the_prior_and_not_the_correction():
     assert build_model(causal.model, 16000).prior_floor == 0.1
 
 
+@pytest.mark.parametrize("name,floor", [("default", 0.05), ("large", 0.05), ("bridge", 0.0),
+                                        ("realtime", 0.0)])  # fmt: skip
+def test_each_recipe_builds_the_prior_floor_it_was_measured_with(name, floor):
+    cfg = config.load([config.find_config(name)], ["data.sample_rate=16000"])
+    assert build_model(cfg.model, 16000).prior_floor == floor
+    old = config.load([], ["model.family=spectral"])  # a checkpoint from before the option
+    assert build_model(old.model, 16000).prior_floor == 0.0
+
+
 KERNEL_CHECK = """
 import torch
 from diffdenoise import kernels
