@@ -84,6 +84,32 @@ def test_context_beyond_the_ends_is_the_signal_mirrored(length):
     assert all(np.abs(row).min() > 0 for row in model.rows)  # no zero-filled sample
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 3000),
+    segment=st.integers(16, 800),
+    context=st.integers(0, 400),
+    batch=st.integers(1, 5),
+)
+def test_every_row_is_the_signal_mirrored_at_its_place(length, segment, context, batch):
+    """Rows, context included, for any cut and batching: also where a pad is longer than
+    the file or the buffer has moved on (the context is cropped away, so the identity
+    test above could not see a wrong one)."""
+    rate, overlap = 1000, segment // 4
+    model = Recorder()
+    denoiser = Denoiser(
+        model, rate, segment=segment / rate, overlap=overlap / rate, context=context / rate,
+        batch_size=batch,
+    )  # fmt: skip
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    denoiser(x, rate)
+    used, segments = plan_segments(length, segment, overlap)
+    padded = x[mirrored(np.arange(-context, length + context + used), length)]
+    assert len(model.rows) == len(segments)
+    for row, seg in zip(model.rows, segments):
+        np.testing.assert_array_equal(row, padded[seg.start : seg.start + used + 2 * context])
+
+
 def test_seed_mode_keeps_the_originals_zero_padding():
     model = Recorder()
     x = np.ones(1500, np.float32)
