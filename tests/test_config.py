@@ -1,6 +1,6 @@
 import pytest
 
-from diffdenoise import config
+from diffdenoise import config, schema
 from diffdenoise.config import ConfigError
 
 
@@ -13,7 +13,7 @@ def test_layers_apply_in_order(tmp_path):
     assert cfg.model.channels == 12  # the later file wins
     assert cfg.model.depth == 2  # untouched keys survive from the earlier file
     assert cfg.optim.lr == pytest.approx(3e-4)  # overrides win over files
-    assert cfg.train.batch_size == config.TrainConfig.batch_size  # schema default
+    assert cfg.train.batch_size == schema.TrainConfig.batch_size  # schema default
 
 
 def test_unknown_key_names_key_and_lists_group(tmp_path):
@@ -137,6 +137,6 @@ def test_a_config_builds_on_its_base(tmp_path):
 def test_every_noise_type_the_device_mixer_makes_is_a_config_choice():
     from diffdenoise import mixing
 
-    assert config.NOISE_TYPES == mixing.KINDS
+    assert schema.NOISE_TYPES == mixing.KINDS
     cfg = config.load([], ["noise.weights.tonal=1", "noise.weights.bursts=0.5"])
     assert cfg.noise.weights["tonal"] == 1 and cfg.noise.weights["bursts"] == 0.5
