@@ -5,9 +5,12 @@ kernel launches per frame, 2,500 for a 2 s crop at the default 8 ms hop: on an H
 made the training step host-bound (76 ms per step for 11 ms of GPU work, measured with
 ``torch.profiler``). On a CUDA tensor one Triton program per block of bins walks the frames
 instead, in one launch; elsewhere (and where Triton is missing) the torch loop runs.
+With ``TRITON_INTERPRET=1`` the kernel runs on a CPU too, through Triton's interpreter.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -18,6 +21,8 @@ except ImportError:  # a CPU-only torch build: the torch loop serves
     triton = None
 
 BLOCK = 128  # bins per Triton program
+# Triton's CPU interpreter: the GPU's path (kernel, and torch.compile around it) on a CPU.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # torch.compile runs this eagerly between its graphs: dynamo failed on the kernel launch
@@ -30,7 +35,7 @@ def decision_directed(posterior: torch.Tensor, smoothing: float, previous=None) 
 
     ``posterior``: ``(..., frames)`` a-posteriori SNR; returns float32 gains of its shape.
     """
-    if posterior.is_cuda and triton is not None:
+    if (posterior.is_cuda or INTERPRETED) and triton is not None:
         return decision_directed_triton(posterior, smoothing, previous)
     return decision_directed_torch(posterior, smoothing, previous)
 
