@@ -266,6 +266,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     batches = train_batches(state.step * ga)
     bar = progress_bar(acc, state, run_dir.name)
     start, base_elapsed, step_times, window = time.time(), state.elapsed, [], LogWindow()
+    replan_at = -1  # a time budget sizes its schedule again when warm-up ends
     exit_code = 0
     run.model.train()
     flags = LateFlag()
@@ -278,6 +279,8 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         state.elapsed = base_elapsed + time.time() - start
         step_times.append(time.time() - t0)
         if not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1:
+            replan_at = plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
+        elif state.step == replan_at:  # a few probe steps can meet a passing load
             plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
         window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait)
         bar.update()
@@ -327,11 +330,16 @@ def optimizer_step(run: Run, micro: list[dict], cfg, flags: LateFlag):
     return parts, grad_norm
 
 
-def plan_budget(run: Run, minutes: float, step_times: list[float], bar) -> None:
-    """Size a wall-clock-budgeted schedule from the measured step times."""
+def plan_budget(run: Run, minutes: float, step_times: list[float], bar) -> int:
+    """Size a wall-clock-budgeted schedule from the median measured step time; returns
+    the step where warm-up ends, when the schedule is sized again from every step so far
+    (before OneCycle starts, so its curve keeps its shape)."""
     run.state.total_steps = distrib.budget_steps(run.acc, minutes, run.state, step_times)
     set_total_steps(run.scheduler, run.state.total_steps)
     bar.total = run.state.total_steps
+    distrib.say(run.acc, f"step {run.state.step}: time budget planned as "
+                f"{run.state.total_steps} steps from {len(step_times)} timed")  # fmt: skip
+    return run.scheduler.lr_lambdas[0].warmup
 
 
 def stop_or_preempt(run: Run, cfg, signalled: bool, flags: LateFlag) -> tuple[bool, bool]:
