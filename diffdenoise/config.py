@@ -152,6 +152,11 @@ def _validate_causal(cfg: DictConfig) -> None:
         raise ConfigError(
             "'model.spectral.local_channels' reads frames ahead; set it to 0 with model.causal"
         )
+    if model.spectral.prior_tracking:
+        raise ConfigError(
+            "'model.spectral.prior_tracking' is for the offline model (the causal prior already "
+            "follows the noise by minimum statistics); set it to 0 with model.causal"
+        )
     frames = round(model.lookahead_ms / model.spectral.hop_ms)
     if frames >= model.spectral.context_frames:
         raise ConfigError(

@@ -217,7 +217,9 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     if causal:
         from diffdenoise.causal import CausalSpectralModel
 
-        spectral = {k: v for k, v in dict(spectral).items() if k != "local_channels"}
+        # Offline-only keys: its prior already follows the noise (minimum statistics).
+        offline = ("local_channels", "prior_tracking")
+        spectral = {k: v for k, v in dict(spectral).items() if k not in offline}
         model = CausalSpectralModel(
             sample_rate, time_dim=kwargs["time_dim"], lookahead_ms=lookahead_ms, **spectral
         )

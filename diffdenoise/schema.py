@@ -59,6 +59,7 @@ class SpectralConfig:
     local_channels: int = 0
     correction_scale: float = 1.0
     prior_floor: float = 0.0
+    prior_tracking: float = 0.0
 
 
 @dataclass
@@ -234,6 +235,7 @@ RANGES = {
     "model.spectral.local_channels": AT_LEAST_0,
     "model.spectral.correction_scale": SHARE,
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
+    "model.spectral.prior_tracking": (0, 1, True, True),  # share of minimum statistics
     "model.lookahead_ms": AT_LEAST_0,
     **dict.fromkeys(
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0

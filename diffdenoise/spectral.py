@@ -46,16 +46,16 @@ def noise_psd(power: torch.Tensor, window: int) -> torch.Tensor:
     return MIN_STATS_BIAS * minimum, smooth
 
 
-def quiet_frames_psd(power: torch.Tensor) -> torch.Tensor:
-    """Noise power per bin as the mean over the quietest fifth of the frames (as the
-    baseline Wiener filter estimates it): strong at low SNR, where minimum statistics
-    underestimates, but it mistakes quiet speech for noise in clean input.
-
-    ``(batch, freq, frames)`` -> ``(batch, freq, 1)``.
-    """
+def quiet_frames(power: torch.Tensor) -> torch.Tensor:
+    """The quietest fifth of the frames (as the baseline Wiener filter picks them) as a
+    ``(batch, 1, frames)`` weight of 0 or 1."""
     energy = power.sum(1)  # (batch, frames)
-    quiet = (energy <= torch.quantile(energy, QUIET_FRACTION, dim=1, keepdim=True)).float()
-    return (power * quiet[:, None]).sum(2, keepdim=True) / quiet.sum(1)[:, None, None]
+    return (energy <= torch.quantile(energy, QUIET_FRACTION, dim=1, keepdim=True)).float()[:, None]
+
+
+def mean_over(values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``(batch, freq, frames)`` -> ``(batch, freq, 1)``: the mean over the chosen frames."""
+    return (values * frames).sum(2, keepdim=True) / frames.sum(2, keepdim=True)
 
 
 @torch.no_grad()
@@ -70,21 +70,34 @@ def decision_directed_gain(power: torch.Tensor, noise: torch.Tensor) -> torch.Te
     return kernels.decision_directed(power / noise.expand_as(power), DD_SMOOTHING)
 
 
-def wiener_gain(power: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def wiener_gain(
+    power: torch.Tensor, window: int, tracking: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The classical prior gain and the features the network reads beside it.
 
-    The gain is decision-directed Wiener against the quietest-frames noise estimate (the
-    stronger of the two at low SNR). The features are the log a-posteriori SNRs against
-    both estimates: minimum statistics tells speech from noise where the quietest frames
-    still hold speech (high SNR, clean input), which is where the prior needs correcting.
+    The gain is decision-directed Wiener against the mean power of the quietest frames:
+    stronger than minimum statistics at low SNR, but it mistakes quiet speech for noise in
+    clean input. The features are the log a-posteriori SNRs against both estimates:
+    minimum statistics tells speech from noise where the quietest frames still hold speech
+    (high SNR, clean input), which is where the prior needs correcting.
+
+    ``tracking`` > 0 lets the prior's estimate follow noise that grows in time (music,
+    effects: louder than their quietest fifth most of the time). Per frame it rises by
+    ``tracking`` times how far minimum statistics rose above its own level in the quiet
+    frames, never below that level, so noise that does not move (hum's tones included,
+    whose statistics minimum statistics misjudges) keeps the quiet-frames estimate.
 
     Returns ``(gain, log SNRs)``: ``(batch, freq, frames)`` and ``(batch, 2 * freq, frames)``.
     """
     power = power + POWER_FLOOR * power.mean(dim=(1, 2), keepdim=True) + 1e-20
     min_stats, smooth = noise_psd(power, window)
-    quiet = quiet_frames_psd(power)
-    log_snrs = torch.cat([torch.log(smooth / min_stats), torch.log(smooth / quiet)], 1)
-    return decision_directed_gain(power, quiet), log_snrs
+    quiet = quiet_frames(power)
+    noise = mean_over(power, quiet)
+    log_snrs = torch.cat([torch.log(smooth / min_stats), torch.log(smooth / noise)], 1)
+    if tracking > 0:
+        rise = min_stats / mean_over(min_stats, quiet)
+        noise = noise * (tracking * rise).clamp_min(1.0)
+    return decision_directed_gain(power, noise), log_snrs
 
 
 def film_mlp(time_dim: int, hidden: int) -> nn.Sequential:
@@ -158,6 +171,7 @@ class SpectralMaskModel(nn.Module):
         local_channels: int = 0,
         correction_scale: float = 1.0,
         prior_floor: float = 0.0,
+        prior_tracking: float = 0.0,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -170,6 +184,7 @@ class SpectralMaskModel(nn.Module):
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.prior, self.time_dim = prior, time_dim
         self.correction_scale, self.prior_floor = correction_scale, prior_floor
+        self.prior_tracking = prior_tracking
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
@@ -186,7 +201,7 @@ class SpectralMaskModel(nn.Module):
         """Gain in ``[0, 1]`` for a complex ``(batch, freq, frames)`` spectrum (a bridge
         model: the state's, with the noisy input's spectrum ``cond``)."""
         power = spec.real.square() + spec.imag.square()
-        classical, log_snr = wiener_gain(power, self.window_frames)
+        classical, log_snr = wiener_gain(power, self.window_frames, self.prior_tracking)
         log_power = torch.log(power + 1e-10)
         logs = [log_power]
         if cond is not None:  # both levels against the noisy input's: their ratio tells t

@@ -123,13 +123,40 @@ def test_prior_floor_bounds_the_prior_and_not_the_correction():
     assert build_model(causal.model, 16000).prior_floor == 0.1
 
 
-@pytest.mark.parametrize("name,floor", [("default", 0.05), ("large", 0.05), ("bridge", 0.0),
-                                        ("realtime", 0.0)])  # fmt: skip
-def test_each_recipe_builds_the_prior_floor_it_was_measured_with(name, floor):
+RECIPE_PRIORS = [("default", 0.05, 0.5), ("large", 0.05, 0.5), ("bridge", 0.0, 0.0),
+                 ("realtime", 0.0, None)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,floor,tracking", RECIPE_PRIORS)
+def test_each_recipe_builds_the_prior_it_was_measured_with(name, floor, tracking):
     cfg = config.load([config.find_config(name)], ["data.sample_rate=16000"])
-    assert build_model(cfg.model, 16000).prior_floor == floor
-    old = config.load([], ["model.family=spectral"])  # a checkpoint from before the option
+    model = build_model(cfg.model, 16000)
+    assert model.prior_floor == floor
+    assert getattr(model, "prior_tracking", None) == tracking  # causal: no such option
+    old = config.load([], ["model.family=spectral"])  # a checkpoint from before the options
     assert build_model(old.model, 16000).prior_floor == 0.0
+    assert build_model(old.model, 16000).prior_tracking == 0.0
+
+
+def test_prior_tracking_follows_noise_that_grows_and_leaves_steady_noise_alone():
+    torch.manual_seed(0)
+    steady = torch.randn(1, 16000 * 3) * 0.1
+    hum = steady * 0.1 + 0.3 * torch.sin(2 * torch.pi * 50 * torch.arange(48000) / 16000)
+    growing = steady * torch.cat([torch.ones(32000), torch.full((16000,), 10.0)])
+    for wave in (steady, hum, growing):
+        power = small().stft(wave).abs().square()
+        plain, features = wiener_gain(power, small().window_frames)
+        tracked, same = wiener_gain(power, small().window_frames, tracking=0.5)
+        torch.testing.assert_close(same, features)  # the network reads the same features
+        loud = slice(-50, None)  # the last 0.4 s: half a noise window after the jump
+        if wave is not growing:  # the quietest frames stand for noise that does not move
+            assert (tracked - plain).abs().mean() < 0.01
+        else:  # the quietest frames are the quiet part: the loud part passes untracked
+            assert plain[..., loud].mean() > 0.5 and tracked[..., loud].mean() < 0.2
+    cfg = config.load([config.find_config("default")], ["model.spectral.prior_tracking=0.5"])
+    assert build_model(cfg.model, 16000).prior_tracking == 0.5
+    with pytest.raises(config.ConfigError, match="prior_tracking.*model.causal"):
+        config.load([config.find_config("realtime")], ["model.spectral.prior_tracking=0.5"])
 
 
 KERNEL_CHECK = """
