@@ -61,6 +61,7 @@ class CausalSpectralModel(nn.Module):
         noise_window_s: float = 1.0,
         prior: bool = True,
         correction_scale: float = 1.0,
+        suppress_scale: float | None = None,
         prior_floor: float = 0.0,
         lookahead_ms: float = 0.0,
         time_dim: int = 64,
@@ -82,7 +83,7 @@ class CausalSpectralModel(nn.Module):
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.noise_bias = CAUSAL_NOISE_BIAS
         self.prior, self.time_dim, self.correction_scale = prior, time_dim, correction_scale
-        self.prior_floor = prior_floor
+        self.prior_floor, self.suppress_scale = prior_floor, suppress_scale
         analysis = torch.hann_window(self.n_fft, periodic=True).sqrt()
         self.register_buffer("analysis", analysis, persistent=False)
         # Periodic Hann windows a hop apart add up to overlap / 2.

@@ -58,6 +58,8 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 
 def _check_range(dotted: str, value, low, high, low_ok: bool, high_ok: bool) -> None:
+    if value is None:  # an optional key left unset
+        return
     below = value < low if low_ok else value <= low
     above = high is not None and (value > high if high_ok else value >= high)
     if below or above:

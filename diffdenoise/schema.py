@@ -8,7 +8,7 @@ here is a key every YAML file and override may set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 
 @dataclass
@@ -58,6 +58,7 @@ class SpectralConfig:
     prior: bool = True
     local_channels: int = 0
     correction_scale: float = 1.0
+    suppress_scale: Optional[float] = None  # noqa: UP045 (None: correction_scale)
     prior_floor: float = 0.0
     prior_tracking: float = 0.0
 
@@ -233,7 +234,7 @@ RANGES = {
     ),
     "model.spectral.noise_window_s": POSITIVE,
     "model.spectral.local_channels": AT_LEAST_0,
-    "model.spectral.correction_scale": SHARE,
+    **dict.fromkeys(["model.spectral.correction_scale", "model.spectral.suppress_scale"], SHARE),
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
     "model.spectral.prior_tracking": (0, 1, True, True),  # share of minimum statistics
     "model.lookahead_ms": AT_LEAST_0,

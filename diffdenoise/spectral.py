@@ -123,8 +123,13 @@ def corrected_gain(model: nn.Module, correction: torch.Tensor, classical: torch.
     """``sigmoid(logit(classical gain) + correction)``, in ``[0, 1]``."""
     if not model.training:
         # Trained corrections overshoot on noise and speech the model has not seen:
-        # applying a share of them generalises better (measured on held-out speech).
-        correction = correction * model.correction_scale
+        # applying a share of them generalises better (measured on held-out speech). Raising
+        # the gain is the riskier side (unseen noise kept as speech), so where the correction
+        # lowers it a larger share may apply (measured on TTS and recorded speech).
+        suppress = getattr(model, "suppress_scale", None)
+        keep = model.correction_scale
+        scale = keep if suppress is None else torch.where(correction > 0, keep, suppress)
+        correction = correction * scale
     # The prior's floor keeps it from suppressing deeper than the noise estimate can
     # justify (moving noise); the correction may still go below it where it is sure.
     low = max(GAIN_EPS, getattr(model, "prior_floor", 0.0))
@@ -170,6 +175,7 @@ class SpectralMaskModel(nn.Module):
         prior: bool = True,
         local_channels: int = 0,
         correction_scale: float = 1.0,
+        suppress_scale: float | None = None,
         prior_floor: float = 0.0,
         prior_tracking: float = 0.0,
         time_dim: int = 64,
@@ -184,6 +190,7 @@ class SpectralMaskModel(nn.Module):
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.prior, self.time_dim = prior, time_dim
         self.correction_scale, self.prior_floor = correction_scale, prior_floor
+        self.suppress_scale = suppress_scale
         self.prior_tracking = prior_tracking
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)

@@ -93,6 +93,10 @@ def test_yaml_boolean_words_stay_strings_for_choice_keys():
         ("optim.lr=0", "'optim.lr' is 0.0; it must be > 0"),
         ("optim.beta2=1", "'optim.beta2' is 1.0; it must be >= 0 and < 1"),
         ("noise.clean_prob=1.5", "'noise.clean_prob' is 1.5; it must be >= 0 and <= 1"),
+        (
+            "model.spectral.suppress_scale=-0.5",
+            "'model.spectral.suppress_scale' is -0.5; it must be >= 0 and <= 1",
+        ),
         ("noise.reverb_rt60_max=9", "'noise.reverb_rt60_max' is 9.0; it must be >= 0.05 and <= 5"),
         (
             "noise.reverb_rt60_min=2",

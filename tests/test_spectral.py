@@ -7,7 +7,13 @@ import torch
 from diffdenoise import config, demo_data
 from diffdenoise.metrics import si_sdr
 from diffdenoise.model import build_model
-from diffdenoise.spectral import GAIN_EPS, SpectralMaskModel, noise_psd, wiener_gain
+from diffdenoise.spectral import (
+    GAIN_EPS,
+    SpectralMaskModel,
+    corrected_gain,
+    noise_psd,
+    wiener_gain,
+)
 
 
 def small(**kw):
@@ -107,6 +113,27 @@ def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
     assert build_model(cfg.model, 16000).correction_scale == 0.25
 
 
+@pytest.mark.parametrize("name", ["default", "realtime"])
+def test_suppress_scale_applies_its_own_share_where_the_correction_lowers_the_gain(name):
+    cfg = config.load([config.find_config(name)], ["model.spectral.suppress_scale=0.5"])
+    model = build_model(cfg.model, 16000)  # the offline and the causal model
+    assert model.suppress_scale == 0.5
+    model.correction_scale, model.prior = 0.25, False  # without the prior: gain = sigmoid(c)
+    correction = torch.linspace(-2, 2, 9)[None, :, None]  # lowers some bins, raises others
+    half = torch.full((1, 9, 1), 0.5)
+    with torch.no_grad():
+        model.train()
+        torch.testing.assert_close(corrected_gain(model, correction, half).logit(), correction)
+        model.eval()
+        applied = corrected_gain(model, correction, half).logit() / correction
+    lowered, raised = correction < 0, correction > 0
+    torch.testing.assert_close(applied[lowered], torch.full_like(applied[lowered], 0.5))
+    torch.testing.assert_close(applied[raised], torch.full_like(applied[raised], 0.25))
+    model.suppress_scale = None  # unset: correction_scale both ways
+    applied = corrected_gain(model, correction, half).logit() / correction
+    torch.testing.assert_close(applied[lowered], torch.full_like(applied[lowered], 0.25))
+
+
 def test_prior_floor_bounds_the_prior_and_not_the_correction():
     x = torch.randn(1, 1, 16000) * 0.1  # noise alone: the prior wants to remove it all
     spec = small().stft(x[:, 0])
@@ -123,19 +150,18 @@ def test_prior_floor_bounds_the_prior_and_not_the_correction():
     assert build_model(causal.model, 16000).prior_floor == 0.1
 
 
-RECIPE_PRIORS = [("default", 0.05, 0.5), ("large", 0.05, 0.5), ("bridge", 0.0, 0.0),
-                 ("realtime", 0.0, None)]  # fmt: skip
+RECIPE_PRIORS = [("default", 0.05, 0.5, 0.5), ("large", 0.05, 0.5, 0.5),
+                 ("bridge", 0.0, 0.0, None), ("realtime", 0.0, None, None)]  # fmt: skip
 
 
-@pytest.mark.parametrize("name,floor,tracking", RECIPE_PRIORS)
-def test_each_recipe_builds_the_prior_it_was_measured_with(name, floor, tracking):
+@pytest.mark.parametrize("name,floor,tracking,suppress", RECIPE_PRIORS)
+def test_each_recipe_builds_the_prior_it_was_measured_with(name, floor, tracking, suppress):
     cfg = config.load([config.find_config(name)], ["data.sample_rate=16000"])
     model = build_model(cfg.model, 16000)
-    assert model.prior_floor == floor
+    assert model.prior_floor == floor and model.suppress_scale == suppress
     assert getattr(model, "prior_tracking", None) == tracking  # causal: no such option
-    old = config.load([], ["model.family=spectral"])  # a checkpoint from before the options
-    assert build_model(old.model, 16000).prior_floor == 0.0
-    assert build_model(old.model, 16000).prior_tracking == 0.0
+    old = build_model(config.load([], ["model.family=spectral"]).model, 16000)
+    assert (old.prior_floor, old.prior_tracking, old.suppress_scale) == (0.0, 0.0, None)
 
 
 def test_prior_tracking_follows_noise_that_grows_and_leaves_steady_noise_alone():
