@@ -97,3 +97,23 @@ def test_export_refuses_a_non_causal_checkpoint_in_one_line(ckpt, tmp_path):
         f"error: {ckpt}: export needs a causal model (model.causal: true, as in "
         "configs/realtime.yaml)"
     )
+
+
+def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
+    from diffdenoise import config
+    from diffdenoise.export import OnnxDenoiser, export
+    from diffdenoise.model import build_model
+
+    cfg = config.load([config.find_config("realtime")], ["model.spectral.suppress_scale=1.0"])
+    model = build_model(cfg.model, 16000).eval()
+    with torch.no_grad():
+        model.out.bias.copy_(torch.linspace(-3, 3, model.bins))  # lowers some bins, raises others
+    export(model, 16000, tmp_path / "m.onnx", streaming=False)
+    x = np.random.default_rng(3).standard_normal(4000).astype(np.float32) * 0.1
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+        model.suppress_scale = None
+        both_ways = model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+    got = OnnxDenoiser(tmp_path / "m.onnx")(x)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - both_ways).max() > 1e-2  # the share made a difference
