@@ -13,6 +13,7 @@ and on held-out speech that cost 1.8 dB SI-SDR (+2.85 against +4.68; ``bench/cau
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -101,10 +102,14 @@ class Denoiser:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | None = None, ema: bool = True, **options
-    ) -> Denoiser:
-        """Load ``best.pt`` (or a ``best_model_*.pth`` copy) safely with ``weights_only``."""
+        cls, path: str | Path, device: str | None = None, ema: bool = True, *,
+        shares: dict | None = None, **options,
+    ) -> Denoiser:  # fmt: skip
+        """Load ``best.pt`` (or a ``best_model_*.pth`` copy) safely with ``weights_only``.
+        ``shares`` overrides a spectral model's inference-only shares of its learned
+        correction (:data:`SHARES`), e.g. ``{"correction_scale": 0.5}``."""
         model, cfg = model_from_checkpoint(path, ema)
+        set_shares(model, path, shares or {})
         crop = cfg.data.segment / cfg.data.sample_rate
         spectral = isinstance(model, SpectralMaskModel)
         options.setdefault("segment", max(crop, SPECTRAL_SEGMENT_S) if spectral else crop)
@@ -224,6 +229,51 @@ class Denoiser:
                     if on_progress:
                         on_progress(block.shape[1] / meta.samplerate)
         return meta.frames / meta.samplerate
+
+
+# Inference-only settings of a spectral model (model.spectral.*): the share of its learned
+# correction it applies, both ways and where the correction lowers the gain.
+SHARES = ("correction_scale", "suppress_scale")
+
+
+def set_shares(model: torch.nn.Module, path: str | Path, shares: dict) -> None:
+    """Apply the given :data:`SHARES` (``None`` values are left as trained) to ``model``."""
+    given = {k: v for k, v in shares.items() if v is not None}
+    if not given:
+        return
+    if not hasattr(model, "correction_scale"):
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise CheckpointError(f"{path}: {flags} applies to spectral models, not a U-Net")
+    for key, value in given.items():
+        if key not in SHARES or not 0 <= value <= 1:
+            raise ValueError(f"{key} must be one of {SHARES} between 0 and 1, got {value!r}")
+        setattr(model, key, float(value))
+
+
+def share(text: str) -> float:
+    """argparse type of a share: a number from 0 to 1."""
+    value = float(text)  # argparse reports a ValueError as "invalid share value"
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def add_share_args(parser: argparse.ArgumentParser) -> None:
+    """``--correction-scale`` and ``--suppress-scale`` for a command that loads checkpoints."""
+    parser.add_argument(
+        "--correction-scale", type=share, metavar="S",
+        help="share of a spectral model's learned correction applied, 0 to 1 "
+        "(default: the checkpoint's model.spectral.correction_scale)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--suppress-scale", type=share, metavar="S",
+        help="the share where the correction lowers the gain "
+        "(default: the checkpoint's model.spectral.suppress_scale)",
+    )  # fmt: skip
+
+
+def shares_of(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in SHARES}
 
 
 def model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[torch.nn.Module, object]:

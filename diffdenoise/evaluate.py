@@ -28,7 +28,7 @@ from diffdenoise import audio, noise, room
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.data import DataError, expand_urls
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
 from diffdenoise.files import atomic_path
 from diffdenoise.metrics import METRICS, score
 from diffdenoise.progress import progress
@@ -262,6 +262,7 @@ def parse_args(argv):
         help="where to write every number (default: eval.json beside the "
         "first checkpoint, else ./eval.json)",
     )
+    add_share_args(p)
     return p.parse_args(argv)
 
 
@@ -294,7 +295,11 @@ def build_systems(args) -> dict[str, Callable]:
     systems = {}
     for name, path in zip(names, args.checkpoint):
         try:
-            systems[name] = Denoiser.from_checkpoint(path, device=args.device, **options)
+            systems[name] = Denoiser.from_checkpoint(
+                path, device=args.device, shares=shares_of(args), **options
+            )
+        except CheckpointError:
+            raise  # it names the file already
         except ValueError as err:  # e.g. --steps 4 for a predictive checkpoint
             raise EvalError(f"{path}: {err}") from None
     if args.baseline:
@@ -340,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarise(rows)
     print(markdown(summary))
-    report = {"checkpoints": args.checkpoint, "snrs": mixing.snrs, "reverb_rt60": mixing.rt60,
-              "summary": summary, "items": rows}  # fmt: skip
+    report = {"checkpoints": args.checkpoint, "shares": shares_of(args), "snrs": mixing.snrs,
+              "reverb_rt60": mixing.rt60, "summary": summary, "items": rows}  # fmt: skip
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     print(f"every number: {out}")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from diffdenoise import audio
 from diffdenoise.checkpoint import CheckpointError
-from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser
+from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser, add_share_args, shares_of
 from diffdenoise.progress import progress
 
 SUFFIX = "_denoised"
@@ -150,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "segment (default: the checkpoint's diffusion.steps)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="a bridge sampler's noise seed (0)")
+    add_share_args(p)
     return p.parse_args(argv)
 
 
@@ -160,10 +161,12 @@ def load_denoiser(args: argparse.Namespace, options: dict):
     if args.onnx:
         from diffdenoise.export import OnnxDenoiser
 
+        if any(v is not None for v in shares_of(args).values()):
+            raise UsageError("an ONNX graph has its shares built in: export with them set")
         return OnnxDenoiser(args.onnx)
     return Denoiser.from_checkpoint(
         args.checkpoint, device=args.device, ema=not args.no_ema, mode=args.mode,
-        precision=args.precision, **options,
+        precision=args.precision, shares=shares_of(args), **options,
     )  # fmt: skip
 
 

@@ -125,6 +125,15 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     assert len(err) == 1 and message in err[0]
 
 
+def test_correction_scale_for_a_u_net_checkpoint_is_one_line(ckpt, tmp_path, capsys):
+    code, report = run_eval(
+        tmp_path, "-c", str(ckpt), "--clean-dir", ".", "--correction-scale", "1"
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and report is None
+    assert err == [f"error: {ckpt}: --correction-scale applies to spectral models, not a U-Net"]
+
+
 def test_steps_for_a_predictive_checkpoint_is_one_line(ckpt, tmp_path, capsys):
     code, report = run_eval(tmp_path, "-c", str(ckpt), "--clean-dir", ".", "--steps", "4")
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,7 +151,9 @@ def test_report_lands_beside_the_checkpoint_and_a_bad_path_fails_first(
     shutil.copy(ckpt, run / "best.pt")
     args = ["-c", run / "best.pt", "--shards", f"{val_shards}/val-*.tar", "--snr", "5"]
     assert evaluate.main([*map(str, args), "--max-files", "1"]) == 0
-    assert json.loads((run / "eval.json").read_text())["summary"]["all"]["noisy"]["n"] == 1
+    report = json.loads((run / "eval.json").read_text())
+    assert report["summary"]["all"]["noisy"]["n"] == 1
+    assert report["shares"] == {"correction_scale": None, "suppress_scale": None}  # as trained
     deep = tmp_path / "new" / "folder" / "e.json"  # a folder that does not exist yet
     assert evaluate.main([*map(str, args), "--max-files", "1", "--json", str(deep)]) == 0
     assert deep.is_file()

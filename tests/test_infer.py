@@ -195,3 +195,49 @@ def test_a_spectral_model_hears_segments_of_8_s_or_its_crop(ckpt, tmp_path):
     assert Denoiser.from_checkpoint(ckpt, device="cpu").segment == 8000  # a U-Net: its crop
     x = np.random.default_rng(3).standard_normal((2, 3 * 16000)).astype(np.float32) * 0.1
     assert Denoiser.from_checkpoint(spectral, device="cpu")(x, 16000).shape == x.shape
+
+
+def spectral_checkpoint(folder, bias: float):
+    """An untrained tiny spectral model whose learned correction is ``bias`` logits wide,
+    from -bias to +bias across the bins (so it lowers some gains and raises others)."""
+    from diffdenoise import config
+    from diffdenoise.checkpoint import save_best
+    from diffdenoise.model import build_model
+
+    cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
+    model = build_model(cfg.model, cfg.data.sample_rate)
+    with torch.no_grad():
+        model.out.bias.copy_(torch.linspace(-bias, bias, model.bins))
+    weights = model.state_dict()
+    payload = {"model": weights, "ema_model": weights, "config": config.to_plain(cfg)}
+    return save_best(folder, payload, keep_copies=1), cfg.model.spectral
+
+
+def test_correction_shares_are_set_at_inference_without_retraining(ckpt, tmp_path, capsys):
+    spectral, trained = spectral_checkpoint(tmp_path, bias=3.0)
+    assert trained.correction_scale == 1.0 and trained.suppress_scale is None
+    src = write_speech(tmp_path / "a.wav", 1.0)
+    outs = {}
+    for name, flags in {
+        "trained": [],
+        "same": ["--correction-scale", trained.correction_scale],
+        "quarter": ["--correction-scale", 0.25],
+        "lowered": ["--suppress-scale", 0.25],
+    }.items():
+        assert cli(src, "-c", spectral, "-o", tmp_path / f"{name}.wav", *flags) == 0
+        outs[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    np.testing.assert_array_equal(outs["same"], outs["trained"])
+    assert np.abs(outs["quarter"] - outs["trained"]).max() > 1e-3
+    assert np.abs(outs["lowered"] - outs["trained"]).max() > 1e-3
+    shares = {"correction_scale": 0.5, "suppress_scale": 0.75}
+    model = Denoiser.from_checkpoint(spectral, device="cpu", shares=shares).model
+    assert (model.correction_scale, model.suppress_scale) == (0.5, 0.75)
+    capsys.readouterr()
+    assert cli(src, "-c", ckpt, "--correction-scale", 0.5) == 2  # a U-Net has no correction
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {ckpt}: --correction-scale applies to spectral models, not a U-Net"]
+    assert cli(src, "--onnx", tmp_path / "m.onnx", "--suppress-scale", 0.5) == 2
+    assert "an ONNX graph has its shares built in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(src, "-c", spectral, "--suppress-scale", 1.5)
+    assert "--suppress-scale: 1.5 is not between 0 and 1" in capsys.readouterr().err
