@@ -163,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--streaming", action="store_true", help="the one-frame graph with state")
     p.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
+    from diffdenoise.denoiser import add_share_args, model_from_checkpoint, set_shares, shares_of
+
+    add_share_args(p)  # the graph keeps the shares it is exported with
     args = p.parse_args(argv)
-    from diffdenoise.denoiser import model_from_checkpoint
 
     try:
         model, cfg = model_from_checkpoint(args.checkpoint, not args.no_ema)
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.checkpoint}: export needs a causal model (model.causal: true, as in "
                 "configs/realtime.yaml)"
             )
+        set_shares(model, args.checkpoint, shares_of(args))
         meta = export(
             model, cfg.data.sample_rate, args.output, args.streaming, cfg.noise.infer_timestep
         )

@@ -162,7 +162,9 @@ def load_denoiser(args: argparse.Namespace, options: dict):
         from diffdenoise.export import OnnxDenoiser
 
         if any(v is not None for v in shares_of(args).values()):
-            raise UsageError("an ONNX graph has its shares built in: export with them set")
+            raise UsageError(
+                "an ONNX graph has its shares built in: give them to diffdenoise.export"
+            )
         return OnnxDenoiser(args.onnx)
     return Denoiser.from_checkpoint(
         args.checkpoint, device=args.device, ema=not args.no_ema, mode=args.mode,

@@ -117,3 +117,25 @@ def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
     got = OnnxDenoiser(tmp_path / "m.onnx")(x)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(got - both_ways).max() > 1e-2  # the share made a difference
+
+
+def test_export_takes_the_shares_the_graph_keeps(causal_checkpoint, tmp_path):
+    from diffdenoise.export import OnnxDenoiser
+
+    payload = torch.load(causal_checkpoint, weights_only=True)
+    bins = payload["ema_model"]["out.bias"].numel()
+    payload["ema_model"]["out.bias"] = torch.linspace(-3, 3, bins)  # a correction both ways
+    torch.save(payload, tmp_path / "best.pt")
+    path = tmp_path / "shares.onnx"
+    run = cli("diffdenoise.export", str(tmp_path / "best.pt"), "-o", str(path),
+              "--correction-scale", "0.25", "--suppress-scale", "1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    model = StreamingDenoiser.from_checkpoint(tmp_path / "best.pt").model
+    x = np.random.default_rng(5).standard_normal(4000).astype(np.float32) * 0.1
+    with torch.no_grad():
+        as_trained = model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+        model.correction_scale, model.suppress_scale = 0.25, 1.0
+        want = model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+    got = OnnxDenoiser(path)(x)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - as_trained).max() > 1e-2
