@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import signal
 import socket
 import statistics
@@ -165,21 +166,76 @@ def budget_steps(acc: Accelerator, minutes: float, state, step_times: list[float
     return state.step + max(1, int(0.9 * remaining / max(t.item(), 1e-6)))
 
 
-def save_state(acc: Accelerator, run_dir: Path, step: int, keep_last: int) -> None:
-    """All ranks write the full state into a temp folder; rank 0 then publishes it."""
+def save_state(acc: Accelerator, run_dir: Path, step: int, keep_last: int, extras: dict) -> None:
+    """All ranks write the full state into a temp folder; rank 0 then publishes it.
+
+    ``extras`` (``{"ema": ..., "schedule": ..., "progress": ...}``, objects with
+    ``state_dict``) are written by rank 0 as ``<name>.pt``. They are not registered with
+    Accelerate, which would load them with ``weights_only=False``: a state could run code.
+    """
     tmp, final = checkpoint.state_dir_for(run_dir, step)
     # torch.save, not safetensors: on CUDA a GRU's weights are views of one cuDNN buffer, and
     # safetensors keeps only one of them (accelerate #3101), so a resumed GPU run lost the rest.
     acc.save_state(str(tmp), safe_serialization=False)
+    if acc.is_main_process:
+        for name, obj in extras.items():
+            torch.save(obj.state_dict(), tmp / f"{name}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
         checkpoint.finish_state(tmp, final, keep_last)
     acc.wait_for_everyone()
 
 
-def load_state(acc: Accelerator, path: Path, run_dir: Path) -> None:
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def safe_load(path: Path):
+    """``torch.load`` with ``weights_only=True`` (plus the numpy RNG types Accelerate's
+    loader also allows): tensors, numbers, strings and containers, never an object that
+    runs code. A file that needs more raises :class:`CheckpointError` naming it."""
+    from accelerate.utils import load
+
     try:
+        return load(path, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise checkpoint.CheckpointError(
+                f"{path.parent}: saved state refused: {path.name} holds pickled objects that "
+                "could run code (not loaded)"
+            ) from None
+        raise
+
+
+def _check_rng(acc: Accelerator, path: Path) -> None:
+    """This rank's RNG file must be whole (Accelerate skips a bad one without a word, and
+    the resumed run would silently stop being exact)."""
+    rng = path / f"random_states_{acc.process_index}.pkl"
+    if not rng.is_file():
+        print(f"warning: {rng} missing (saved by fewer processes?): this rank's random "
+              "numbers will not continue exactly", flush=True)  # fmt: skip
+        return
+    states = safe_load(rng)
+    if not isinstance(states, dict) or any(k not in states for k in RNG_KEYS):
+        raise checkpoint.CheckpointError(f"{path}: saved state is damaged ({rng.name} lacks "
+                                         "the random number states)")  # fmt: skip
+
+
+def load_state(acc: Accelerator, path: Path, run_dir: Path, extras: dict) -> None:
+    """Load a saved state without unpickling anything but plain data (:func:`safe_load`
+    for the files read here; Accelerate reads the weights with ``weights_only=True``)."""
+    try:
+        _check_rng(acc, path)
+        for name, obj in extras.items():
+            obj.load_state_dict(safe_load(path / f"{name}.pt"))
         acc.load_state(str(path))
+    except checkpoint.CheckpointError:
+        raise
+    except pickle.UnpicklingError as err:  # the weights: find which file was refused
+        for file in sorted(path.iterdir()):
+            safe_load(file)
+        raise checkpoint.CheckpointError(
+            f"{path}: saved state is damaged ({_first_line(err)})"
+        ) from None
     except RuntimeError as err:
         # torch.load reports a truncated file as a RuntimeError, like a shape mismatch
         damaged = "PytorchStreamReader" in str(err)
@@ -198,7 +254,7 @@ def load_state(acc: Accelerator, path: Path, run_dir: Path) -> None:
         ) from None
 
 
-def load_newest_intact(acc: Accelerator, run_dir: Path) -> Path | None:
+def load_newest_intact(acc: Accelerator, run_dir: Path, extras: dict) -> Path | None:
     """``train.resume=auto``: load the newest saved state that loads, skipping damaged ones.
 
     Each skipped state gets one line saying why; if none loads, one clear error.
@@ -207,7 +263,7 @@ def load_newest_intact(acc: Accelerator, run_dir: Path) -> Path | None:
     reasons = []
     for path in reversed(states):
         try:
-            load_state(acc, path, run_dir)
+            load_state(acc, path, run_dir, extras)
             return path
         except checkpoint.CheckpointError as err:
             say(acc, f"warning: skipping {err}")

@@ -57,7 +57,14 @@ class TrainState:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
+        for key, default in asdict(TrainState()).items():  # known keys of known types only
+            value = state.get(key, default)
+            if not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int)
+            ):
+                raise ValueError(
+                    f"progress entry {key}={value!r} is not a {type(default).__name__}"
+                )
             setattr(self, key, value)
 
 
@@ -172,6 +179,13 @@ class Run:
     plain_cfg: dict  # the resolved config, as saved in best.pt
     objective: Predictive | Bridge  # how the model is called: diffusion.objective
 
+    @property
+    def extras(self) -> dict:
+        """What a saved state holds beside Accelerate's model, optimizer and RNG files,
+        by the name of its file (``<name>.pt``)."""
+        extras = {"schedule": self.scheduler, "progress": self.state}
+        return extras if self.ema is None else {"ema": self.ema, **extras}
+
     def ema_weights(self):
         """Context in which ``net`` holds the EMA weights (when EMA is on)."""
         return self.ema.average_parameters() if self.ema is not None else nullcontext()
@@ -196,8 +210,6 @@ def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
     ema = None
     if cfg.optim.ema:
         ema = ExponentialMovingAverage(net.parameters(), decay=cfg.optim.ema_decay)
-        acc.register_for_checkpointing(ema)
-    acc.register_for_checkpointing(scheduler, state)
     if cfg.train.compile:
         model = torch.compile(model)
     tracker = tracker_for(acc, cfg, run_dir)
@@ -212,9 +224,9 @@ def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
 def resume(run: Run, resume: str, resume_from: Path | None, planned: int) -> None:
     """Load the state to resume from (``auto``: the newest intact one), if any."""
     if resume == "auto":
-        resume_from = distrib.load_newest_intact(run.acc, run.run_dir)
+        resume_from = distrib.load_newest_intact(run.acc, run.run_dir, run.extras)
     elif resume_from is not None:
-        distrib.load_state(run.acc, resume_from, run.run_dir)
+        distrib.load_state(run.acc, resume_from, run.run_dir, run.extras)
     if resume_from is not None:
         distrib.say(run.acc, f"resumed from {resume_from} at step {run.state.step}")
         run.state.total_steps = planned or run.state.total_steps  # the config wins
@@ -293,7 +305,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         if state.step % cfg.train.val_every == 0 or done or preempted:
             validate(epoch=state.step * ga // per_epoch)
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
-            distrib.save_state(acc, run_dir, state.step, cfg.checkpoint.keep_last)
+            distrib.save_state(acc, run_dir, state.step, cfg.checkpoint.keep_last, run.extras)
         if preempted:
             distrib.say(
                 acc, f"preempted at step {state.step}: state saved; resume with train.resume=auto"

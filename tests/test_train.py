@@ -480,7 +480,7 @@ def test_resume_auto_skips_a_damaged_newest_state(shards, tmp_path):
     assert [p.name for p in states] == [f"step-00000000{i}" for i in (2, 4, 6)]
     weights = states[2] / "pytorch_model.bin"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    (states[1] / "custom_checkpoint_2.pkl").write_bytes(b"")
+    (states[1] / "progress.pt").write_bytes(b"")
     proc = python_run(
         [TRAIN, *args_for(shards, tmp_path, "train.max_steps=8", "train.resume=auto", *steps)]
     )
@@ -576,3 +576,71 @@ def test_ema_update_moves_toward_the_weights_and_skips_a_bad_step():
         torch.testing.assert_close(shadow, before + 0.1)  # (1 - decay) of the way
     with pytest.raises(ValueError, match="EMA holds 2 tensors but the model has 1"):
         ema_update(ema, [net.weight], torch.tensor(False))
+
+
+class Payload:
+    """A pickled object that creates ``marker`` when it is unpickled: code that runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, marker: Path, raw: bool = False) -> None:
+    """Replace ``path`` with a payload: a torch zip file, or a bare pickle with ``raw``."""
+    import pickle
+
+    if raw:
+        path.write_bytes(pickle.dumps({"x": Payload(marker)}))
+    else:
+        torch.save({"x": Payload(marker)}, path)
+
+
+def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
+    import shutil
+
+    from accelerate import Accelerator
+
+    from diffdenoise import checkpoint, config, distrib
+
+    steps = [
+        "checkpoint.every=2",
+        "train.val_every=2",
+        "checkpoint.keep_last=3",
+        "train.run_name=r",
+    ]
+    args = args_for(shards, tmp_path, *steps)
+    python_run([TRAIN, *args, "train.max_steps=6"])
+    run, marker = tmp_path / "r", tmp_path / "payload-ran"
+    states = sorted((run / "state").iterdir())
+    names = sorted(p.name for p in states[-1].iterdir())
+    accelerate_files = ["pytorch_model.bin", "optimizer.bin", "random_states_0.pkl"]
+    assert names == sorted([*accelerate_files, "ema.pt", "schedule.pt", "progress.pt"])
+    files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
+    cfg = config.load(files, overrides)
+    acc = Accelerator(cpu=True)
+    built = train_mod.build_run(cfg, acc, run, per_epoch=4)
+    for i, name in enumerate(names):  # each file in turn, in the call resume makes
+        probe = tmp_path / f"probe-{name}"
+        shutil.copytree(states[-1], probe)
+        plant(probe / name, marker, raw=i % 2 == 1)
+        with pytest.raises(checkpoint.CheckpointError, match=f"refused: {name} holds pickled"):
+            distrib.load_state(acc, probe, run, built.extras)
+        assert not marker.exists(), name
+    # a real resume: an explicit state with a payload stops with one line ...
+    plant(tmp_path / "probe-optimizer.bin" / "progress.pt", marker)
+    explicit = f"train.resume={tmp_path / 'probe-optimizer.bin'}"
+    proc = python_run([TRAIN, *args, "train.max_steps=8", explicit], check=False)
+    assert proc.returncode == 2 and not marker.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "refused" in proc.stderr
+    # ... and auto passes it by, and a damaged RNG file, to the newest intact state
+    plant(states[2] / "optimizer.bin", marker)
+    rng = states[1] / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])
+    proc = python_run([TRAIN, *args, "train.max_steps=8", "train.resume=auto"])
+    assert not marker.exists()
+    assert f"skipping {states[2]}: saved state refused: optimizer.bin holds" in proc.stdout
+    assert f"skipping {states[1]}: saved state is damaged" in proc.stdout
+    assert f"resumed from {states[0]} at step 2" in proc.stdout
