@@ -299,15 +299,32 @@ def show_bar(acc: Accelerator) -> bool:
 
 
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at a step boundary."""
+    """SIGTERM / SIGUSR1 (the scheduler) and a first SIGINT (Ctrl-C) only set a flag; the
+    loop acts on it at a step boundary. A second SIGINT exits at once, saving nothing.
+
+    Loader workers are forked after this is installed, so they inherit it: a Ctrl-C that
+    reaches the whole process group does not kill them in the middle of a batch.
+    """
 
     received = False  # any instance was signalled: a crash after it is not this rank's fault
 
     def __init__(self):
         self.raised = False
+        self.interrupted = False  # by SIGINT: a person, so no requeue marker
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        signal.signal(signal.SIGINT, self._interrupt)
 
     def _handle(self, signum, frame) -> None:
         self.raised = True
         PreemptionFlag.received = True
+
+    def _interrupt(self, signum, frame) -> None:
+        if self.interrupted:
+            os.write(2, b"interrupted again: exiting at once, nothing more saved\n")
+            os._exit(INTERRUPTED_EXIT)
+        self.interrupted = True
+        self._handle(signum, frame)
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C

@@ -6,10 +6,12 @@ Distribution itself (the Accelerator, agreement across ranks, saved states) live
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -66,6 +68,8 @@ def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
         raise RunDirError(f"{run_dir}: cannot create the run directory ({err.strerror})") from None
     if not os.access(run_dir, os.W_OK):
         raise RunDirError(f"{run_dir}: run directory is not writable")
+    if int(os.environ.get("RANK", "0")) == 0:  # one holder per run; the others follow it
+        lock_run_dir(run_dir)
     has_run = (run_dir / "best.pt").exists() or bool(checkpoint.state_dirs(run_dir))
     if has_run and not cfg.train.resume:
         raise RunDirError(
@@ -75,6 +79,38 @@ def prepare_run_dir(cfg, files: list[str], overrides: list[str]) -> Path:
     if has_run and cfg.train.resume == "auto" and not checkpoint.state_dirs(run_dir):
         raise RunDirError(f"{run_dir} has a best.pt but no training state to resume from")
     return run_dir
+
+
+LOCK = "LOCK"
+_HELD: list[int] = []  # descriptors of the locks this process holds, open until it exits
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir/LOCK`` for the life of this process.
+
+    An OS lock (``flock``), not a marker file: a crashed or killed run releases it by
+    itself, so a SLURM requeue or ``train.resume=auto`` after a kill is never blocked,
+    while a second training started into the same folder stops at once.
+    """
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirError(
+            f"{run_dir} is in use by another training ({holder}); wait for it to end or "
+            "choose another train.run_name"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD.append(fd)
+
+
+def unlock_run_dirs() -> None:
+    """Release the locks this process holds (at exit the OS does it anyway)."""
+    while _HELD:
+        os.close(_HELD.pop())
 
 
 class Tracker:

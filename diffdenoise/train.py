@@ -26,7 +26,14 @@ from diffdenoise import checkpoint, config, data, distrib
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
 from diffdenoise.model import model_for
-from diffdenoise.run import RunDirError, Tracker, prepare_run_dir, run_dir_for, tracker_for
+from diffdenoise.run import (
+    RunDirError,
+    Tracker,
+    prepare_run_dir,
+    run_dir_for,
+    tracker_for,
+    unlock_run_dirs,
+)
 from diffdenoise.schedule import build_scheduler, set_total_steps
 from diffdenoise.step import LateFlag, LogWindow, ema_update, train_step
 from diffdenoise.validation import run_validation
@@ -301,17 +308,19 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
                 run, window, grad_norm, samples_per_step, seconds_per_step, bar, per_epoch, ga
             )
             window = LogWindow()
-        done, preempted = stop_or_preempt(run, cfg, signals.raised, flags)
+        done, preempted, interrupted = stop_or_preempt(run, cfg, signals, flags)
         if state.step % cfg.train.val_every == 0 or done or preempted:
             validate(epoch=state.step * ga // per_epoch)
         if state.step % cfg.checkpoint.every == 0 or done or preempted:
             distrib.save_state(acc, run_dir, state.step, cfg.checkpoint.keep_last, run.extras)
         if preempted:
+            how = "interrupted" if interrupted else "preempted"
             distrib.say(
-                acc, f"preempted at step {state.step}: state saved; resume with train.resume=auto"
+                acc, f"{how} at step {state.step}: state saved; resume with train.resume=auto"
             )
-            distrib.mark_preempted(acc, run_dir, state.step)
-            exit_code = PREEMPTED_EXIT
+            if not interrupted:  # the job script requeues on the marker; a Ctrl-C is not that
+                distrib.mark_preempted(acc, run_dir, state.step)
+            exit_code = distrib.INTERRUPTED_EXIT if interrupted else PREEMPTED_EXIT
             break
         if done:
             break
@@ -354,20 +363,23 @@ def plan_budget(run: Run, minutes: float, step_times: list[float], bar) -> int:
     return run.scheduler.lr_lambdas[0].warmup
 
 
-def stop_or_preempt(run: Run, cfg, signalled: bool, flags: LateFlag) -> tuple[bool, bool]:
-    """``(done, preempted)``, the same on every rank. The step limit needs no collective;
-    the time budget and a preemption signal are agreed on every ``train.sync_every``
-    steps (every step with one process, where agreeing costs nothing)."""
+def stop_or_preempt(run: Run, cfg, signals: distrib.PreemptionFlag, flags: LateFlag):
+    """``(done, preempted, interrupted)``, the same on every rank: interrupted is a
+    preemption by Ctrl-C. The step limit needs no collective; the time budget and a signal
+    are agreed on every ``train.sync_every`` steps (every step with one process, where
+    agreeing costs nothing)."""
     state = run.state
     done = bool(state.total_steps) and state.step >= state.total_steps
-    preempted = False
+    preempted = interrupted = False
     if done or run.acc.num_processes == 1 or state.step % cfg.train.sync_every == 0:
         time_up = bool(cfg.train.max_minutes) and state.elapsed >= cfg.train.max_minutes * 60
-        preempted, time_up = distrib.any_rank(run.acc, signalled, time_up)
+        preempted, time_up, interrupted = distrib.any_rank(
+            run.acc, signals.raised, time_up, signals.interrupted
+        )
         done = done or time_up
     if done or preempted:  # the last step's outcome, before anything is saved
         count_step(run, state.step, flags.flush(), cfg.train.max_bad_steps)
-    return done, preempted
+    return done, preempted, interrupted
 
 
 def progress_bar(acc: Accelerator, state: TrainState, name: str) -> tqdm:
@@ -438,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the loop's handler was installed: nothing to save
+        print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+        return distrib.INTERRUPTED_EXIT
+    finally:
+        unlock_run_dirs()
 
 
 if __name__ == "__main__":

@@ -151,15 +151,15 @@ def test_exact_resume_single_process(shards, tmp_path, family):
     assert_same_training(straight, resumed)
 
 
-def assert_same_training(straight: Path, resumed: Path):
-    a = torch.load(straight / "state/step-000000008/pytorch_model.bin", weights_only=True)
-    b = torch.load(resumed / "state/step-000000008/pytorch_model.bin", weights_only=True)
+def assert_same_training(straight: Path, resumed: Path, step: int = 8, compare_from: int = 5):
+    a = torch.load(straight / f"state/step-{step:09d}/pytorch_model.bin", weights_only=True)
+    b = torch.load(resumed / f"state/step-{step:09d}/pytorch_model.bin", weights_only=True)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     la, lb = losses(straight), losses(resumed)
-    for step in range(5, 9):
-        assert lb[step] == pytest.approx(la[step], rel=1e-5)
+    for logged in range(compare_from, step + 1):
+        assert lb[logged] == pytest.approx(la[logged], rel=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["predictive", "bridge"])
@@ -644,3 +644,39 @@ def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
     assert f"skipping {states[2]}: saved state refused: optimizer.bin holds" in proc.stdout
     assert f"skipping {states[1]}: saved state is damaged" in proc.stdout
     assert f"resumed from {states[0]} at step 2" in proc.stdout
+
+
+def test_ctrl_c_saves_and_resumes_exactly_and_a_second_run_cannot_share_the_folder(
+    shards, tmp_path
+):
+    common = ["train.max_steps=300", "train.val_every=100000", "checkpoint.every=100000",
+              "log.every=1", "train.run_name=r"]  # fmt: skip
+    python_run([TRAIN, *args_for(shards, tmp_path / "a", *common)])
+    runs = tmp_path / "b"
+    proc = subprocess.Popen(  # a session of its own: Ctrl-C reaches its whole group
+        [sys.executable, TRAIN, *args_for(shards, runs, *common)], cwd=ROOT, env=cpu_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = runs / "r" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.2)
+    second = python_run([TRAIN, *args_for(shards, runs, *common)], check=False)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: {runs / 'r'} is in use by another training (pid {proc.pid} on "
+        f"{os.uname().nodename}); wait for it to end or choose another train.run_name"
+    ]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    line = re.search(r"interrupted at step (\d+): state saved; resume with train.resume=auto", out)
+    assert line, out
+    stopped = int(line.group(1))
+    assert 3 <= stopped < 300 and (runs / "r/state" / f"step-{stopped:09d}").is_dir()
+    assert not (runs / "r" / "PREEMPTED").exists()  # not a preemption: no requeue
+    python_run([TRAIN, *args_for(shards, runs, *common, "train.resume=auto")])
+    assert_same_training(tmp_path / "a" / "r", runs / "r", step=300, compare_from=stopped + 1)
