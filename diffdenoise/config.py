@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffdenoise.schema import AT_LEAST_1, CHOICES, NOISE_TYPES, RANGES, Config
@@ -216,8 +216,11 @@ def _merge_file(cfg: DictConfig, path: Path, seen: tuple) -> DictConfig:
         layer = OmegaConf.load(path)
     except Exception as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if layer is None or not isinstance(layer, DictConfig):
-        layer = OmegaConf.create({})
+    if not isinstance(layer, DictConfig):
+        kind = "a list" if isinstance(layer, ListConfig) else f"a {type(layer).__name__}"
+        raise ConfigError(f"{path}: must be a mapping of sections (data:, model:, ...), not {kind}")
+    if not layer:  # an empty file, or comments only: a config that says nothing was not meant
+        raise ConfigError(f"{path}: empty config (no keys); name a shipped config or add keys")
     if "base" in layer:
         cfg = _merge_file(cfg, path.parent / str(layer.pop("base")), (*seen, path.resolve()))
     return _merge(cfg, layer, str(path))

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from diffdenoise import checkpoint
+from diffdenoise.cli import INTERRUPTED_EXIT
 
 PREEMPTED_MARKER = "PREEMPTED"
 
@@ -325,6 +326,3 @@ class PreemptionFlag:
             os._exit(INTERRUPTED_EXIT)
         self.interrupted = True
         self._handle(signum, frame)
-
-
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C

@@ -29,6 +29,7 @@ from torch import nn
 from diffdenoise import audio
 from diffdenoise.causal import CausalSpectralModel, FactoredDft
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.cli import check_writable, entry, os_error_line
 from diffdenoise.denoiser import Denoiser
 
 # onnxscript's optimizer takes "+ 1e-10" for "+ 0" and drops it (the log of a silent frame
@@ -155,6 +156,7 @@ class OnnxDenoiser:
     denoise_file = Denoiser.denoise_file
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m diffdenoise.export", description=__doc__.split("\n\n")[0]
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
+        check_writable(args.output)  # before the export's half a minute of work
         model, cfg = model_from_checkpoint(args.checkpoint, not args.no_ema)
         if not isinstance(model, CausalSpectralModel):
             raise ExportError(
@@ -179,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         meta = export(
             model, cfg.data.sample_rate, args.output, args.streaming, cfg.noise.infer_timestep
         )
-    except (CheckpointError, ExportError, OSError) as err:
+    except (CheckpointError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     size = args.output.stat().st_size / 1e6
     print(

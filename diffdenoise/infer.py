@@ -19,10 +19,14 @@ from tqdm import tqdm
 
 from diffdenoise import audio
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.cli import entry, number
 from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser, add_share_args, shares_of
 from diffdenoise.progress import progress
 
 SUFFIX = "_denoised"
+# Each step is a network call per segment: the bridge is trained for a handful (default 4),
+# and 1,000 already costs about a thousand times a predictive pass.
+MAX_STEPS = 1000
 PLOT_SECONDS = 60.0
 
 
@@ -131,14 +135,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="allow replacing an input file")
     p.add_argument("--mode", choices=MODES, default="overlap", help="seed: the original 1 s cut")
     p.add_argument(
-        "--segment", type=float,
+        "--segment", type=number(float, 0, 3600, low_ok=False),
         help="segment seconds (default: the training crop; a spectral model at least 8)",
     )  # fmt: skip
-    p.add_argument("--overlap", type=float, default=0.05, help="cross-fade seconds (0.05)")
-    p.add_argument("--context", type=float, default=0.05, help="extra real audio per side")
+    seconds = number(float, 0, 60)
+    p.add_argument("--overlap", type=seconds, default=0.05, help="cross-fade seconds (0.05)")
+    p.add_argument("--context", type=seconds, default=0.05, help="extra real audio per side")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=number(int, 1, 4096),
         help="segments per model call (CPU: up to 4, about 8 s of audio; GPU 32)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -146,8 +151,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     p.add_argument("--plot", action="store_true", help="also write <name>_denoised.png")
     p.add_argument(
-        "--steps", type=int, help="sampler steps of a bridge model: N network calls per "
-        "segment (default: the checkpoint's diffusion.steps)",
+        "--steps", type=number(int, 1, MAX_STEPS), help="sampler steps of a bridge model: N "
+        f"network calls per segment, at most {MAX_STEPS} (default: the checkpoint's "
+        "diffusion.steps)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="a bridge sampler's noise seed (0)")
     add_share_args(p)
@@ -172,6 +178,7 @@ def load_denoiser(args: argparse.Namespace, options: dict):
     )  # fmt: skip
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"overlap": args.overlap, "context": args.context, "batch_size": args.batch_size}

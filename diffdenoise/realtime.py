@@ -23,6 +23,7 @@ import torch
 from diffdenoise import audio
 from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.cli import check_writable, number, same_file
 
 # From this many frames in one call on, the frames run as one batched pass
 # (CausalSpectralModel.run_frames: 0.14 ms a frame for 10 frames, 0.07 for 100, against
@@ -128,8 +129,7 @@ def stream_file(live: StreamingDenoiser, wave: np.ndarray, chunk: int):
     return np.concatenate(outs), np.array(seconds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m diffdenoise.stream IN OUT -c CKPT --chunk-ms 10``."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m diffdenoise.stream",
         description="Denoise a file through the streaming API in live-sized chunks; print the "
@@ -138,17 +138,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("-c", "--checkpoint", required=True, help="best.pt of a model.causal run")
-    p.add_argument("--chunk-ms", type=float, default=10.0, help="audio per process() call")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = p.parse_args(argv)
+    p.add_argument("--chunk-ms", type=number(float, 0, 10_000, low_ok=False), default=10.0,
+                   help="audio per process() call, in ms (> 0)")  # fmt: skip
+    p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="torch threads (1)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing the input file")
+    return p.parse_args(argv)
+
+
+def read_input(path: Path) -> tuple[np.ndarray, int]:
+    """The input file, refused with :class:`audio.AudioError` if not finite."""
+    wave, rate = audio.read(path)
+    if not np.isfinite(wave).all():
+        raise audio.AudioError("audio contains NaN or infinite samples")
+    return wave, rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffdenoise.stream IN OUT -c CKPT --chunk-ms 10``."""
+    args = parse_args(argv)
+    if same_file(args.input, args.output) and not args.overwrite:
+        print(f"error: {args.output}: output would overwrite the input (use --overwrite)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        check_writable(args.output)
+    except OSError as err:
+        print(f"error: {err.strerror}", file=sys.stderr)
+        return 2
     try:
         live = StreamingDenoiser.from_checkpoint(args.checkpoint, threads=args.threads)
-        wave, rate = audio.read(args.input)
+        wave, rate = read_input(args.input)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (audio.AudioError, OSError) as err:
-        print(f"error: {args.input}: {err}", file=sys.stderr)
+        print(f"error: {args.input}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
         return 2
     mono = audio.resample(audio.to_mono(wave), rate, live.sample_rate)
     chunk = max(1, round(args.chunk_ms * live.sample_rate / 1000))

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from diffdenoise.cli import entry
+
 # torchaudio's default sinc kernel: 6 zero crossings at 99 % of the lower Nyquist rate.
 _ZERO_CROSSINGS, _ROLLOFF = 6, 0.99
 
@@ -234,6 +236,7 @@ def overlap_add(
             source.drop_before(segments[following].start - context)
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     from diffdenoise.realtime import main as live  # the model side, kept out of these blocks
 

@@ -144,3 +144,31 @@ def test_every_noise_type_the_device_mixer_makes_is_a_config_choice():
     assert schema.NOISE_TYPES == mixing.KINDS
     cfg = config.load([], ["noise.weights.tonal=1", "noise.weights.bursts=0.5"])
     assert cfg.noise.weights["tonal"] == 1 and cfg.noise.weights["bursts"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- a\n- b\n", "must be a mapping of sections (data:, model:, ...), not a list"),
+        ("", "empty config (no keys); name a shipped config or add keys"),
+        ("# only a comment\n", "empty config (no keys); name a shipped config or add keys"),
+        ("42\n", "not valid YAML"),
+    ],
+)
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load([path])
+    assert str(err.value).startswith(f"{path}: {message}")
+
+
+def test_train_refuses_a_list_config_in_one_line(tmp_path, capsys):
+    from diffdenoise import train
+
+    (tmp_path / "list.yaml").write_text("- train\n")
+    assert train.main([str(tmp_path / "list.yaml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'list.yaml'}: must be a mapping of sections (data:, model:, ...), "
+        "not a list"
+    ]

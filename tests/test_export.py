@@ -139,3 +139,12 @@ def test_export_takes_the_shares_the_graph_keeps(causal_checkpoint, tmp_path):
     got = OnnxDenoiser(path)(x)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(got - as_trained).max() > 1e-2
+
+
+def test_export_to_a_missing_folder_is_refused_before_the_work(causal_checkpoint, tmp_path):
+    target = tmp_path / "no" / "m.onnx"
+    run = cli("diffdenoise.export", str(causal_checkpoint), "-o", str(target))
+    assert run.returncode == 2 and not target.parent.exists()
+    assert (
+        run.stderr.strip() == f"error: cannot write {target}: folder {target.parent} does not exist"
+    )

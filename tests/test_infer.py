@@ -117,6 +117,28 @@ def test_unwritable_output_is_one_line(ckpt, tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "a file, not a folder"
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--steps", "0", "0 is out of range: must be >= 1 and <= 1000"),
+        ("--steps", "-1", "-1 is out of range: must be >= 1 and <= 1000"),
+        ("--steps", "100000", "100000 is out of range: must be >= 1 and <= 1000"),
+        ("--segment", "0", "0 is out of range: must be > 0 and <= 3600"),
+        ("--batch-size", "0", "0 is out of range: must be >= 1 and <= 4096"),
+        ("--overlap", "-0.1", "-0.1 is out of range: must be >= 0 and <= 60"),
+        ("--steps", "two", "'two' is not a number"),
+    ],
+)
+def test_bad_numbers_are_refused_before_any_work(tmp_path, capsys, flag, value, message):
+    src = write_speech(tmp_path / "a.wav", 0.3)
+    with pytest.raises(SystemExit) as stop:
+        cli(src, "-c", tmp_path / "none.pt", f"{flag}={value}")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: argument {flag}: {message}")
+    assert list(tmp_path.iterdir()) == [src]
+
+
 def test_checkpoint_errors_are_one_line(tmp_path, capsys):
     src = write_speech(tmp_path / "a.wav", 0.3)
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")

@@ -192,6 +192,51 @@ def test_stream_cli_writes_the_file_and_prints_latency_and_chunk_times(causal_ch
     assert line.startswith(f"error: {tmp_path / 'none.wav'}: ")
 
 
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("same", [], "{src}: output would overwrite the input (use --overwrite)"),
+        ("nan", [], "{src}: audio contains NaN or infinite samples"),
+        ("no folder", [], "cannot write {missing}: folder {missing.parent} does not exist"),
+        (
+            "chunk 0",
+            ["--chunk-ms", "0"],
+            "argument --chunk-ms: 0 is out of range: must be > 0 and <= 10000",
+        ),
+        (
+            "chunk -5",
+            ["--chunk-ms=-5"],
+            "argument --chunk-ms: -5 is out of range: must be > 0 and <= 10000",
+        ),
+        (
+            "threads 0",
+            ["--threads", "0"],
+            "argument --threads: 0 is out of range: must be >= 1 and <= 1024",
+        ),
+    ],
+)
+def test_stream_refuses_in_one_line_before_any_work(
+    causal_checkpoint, tmp_path, capsys, case, extra, message
+):
+    from diffdenoise import stream
+
+    src, dst, missing = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "no" / "o.wav"
+    wave = np.full(1600, 0.1, np.float32)
+    if case == "nan":
+        wave[100] = np.nan
+    sf.write(src, wave, 16000, subtype="FLOAT")
+    before = src.read_bytes()
+    out = {"same": src, "no folder": missing}.get(case, dst)
+    try:
+        code = stream.main([str(src), str(out), "-c", str(causal_checkpoint), *extra])
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(message.format(src=src, missing=missing)), err
+    assert src.read_bytes() == before and not dst.exists() and not missing.parent.exists()
+
+
 @pytest.mark.parametrize("n_fft", [15, 16, 256, 768])
 def test_factored_dft_is_torch_fft(n_fft):
     from diffdenoise.causal import FactoredDft
