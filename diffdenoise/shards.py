@@ -7,13 +7,12 @@ pipelines on top of it.
 from __future__ import annotations
 
 import glob
-import json
 import warnings
 from pathlib import Path
 
 import webdataset as wds
 
-from diffdenoise.audio import SHARD_FORMATS
+from diffdenoise.manifest import ManifestError, read_manifest
 
 
 class DataError(ValueError):
@@ -78,12 +77,10 @@ def manifest_stats(urls: list[str]) -> dict:
         if mpath not in cache:
             if not mpath.is_file():
                 raise DataError(f"{mpath}: manifest missing; run the shard tool to completion")
-            m = json.loads(mpath.read_text())
-            if m.get("format", "flac") not in SHARD_FORMATS:
-                raise DataError(
-                    f"{mpath}: shards of format '{m['format']}', which the loader cannot "
-                    f"read; reshard with --format {' or '.join(SHARD_FORMATS)}"
-                )
+            try:
+                m = read_manifest(mpath)
+            except ManifestError as err:
+                raise DataError(str(err)) from None
             shards = {s["file"]: s for sp in m["splits"].values() for s in sp["shards"]}
             cache[mpath] = (m["sample_rate"], shards)
         rate, shards = cache[mpath]

@@ -382,7 +382,7 @@ def test_training_refuses_shards_of_a_format_it_cannot_read(tmp_path, capsys):
     capsys.readouterr()
     err = train_refusal(tmp_path, capsys)
     assert err == (
-        f"error: {manifest}: shards of format 'mp3', which the loader cannot read; "
+        f"error: {manifest}: format: shards of format 'mp3', which the loader cannot read; "
         "reshard with --format flac or pcm16 or wav"
     )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
@@ -405,3 +405,78 @@ def test_a_killed_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path, monkeyp
     assert last.startswith(f"error: {src}: a sharding worker died (killed")
     monkeypatch.setattr(shard, "process", real)
     check_stopped_then_rerun(tmp_path / "s" / "k", args)
+
+
+def _set(m: dict, dotted: str, value) -> dict:
+    """``m`` with the field at ``dotted`` (``splits.train.shards.0.file``) set to ``value``."""
+    node, *path, last = [m, *dotted.split(".")]
+    for key in path:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[int(last) if isinstance(node, list) else last] = value
+    return m
+
+
+BAD_MANIFESTS = {
+    "samples not a number": ("splits.train.samples", "abc", "splits.train.samples: 'abc', but"),
+    "negative shard count": ("splits.train.shards.0.samples", -3, "shards[0].samples: -3 is not"),
+    "zero shard count": ("splits.train.shards.0.samples", 0, "shards[0].samples: 0 is not"),
+    "absurd count": ("splits.train.shards.0.samples", 10**12, "is not a whole number from 1"),
+    "outside the folder": ("splits.train.shards.0.file", "../x.tar", "points outside"),
+    "absolute path": ("splits.val.shards.0.file", "/etc/hostname", "is not a .tar file name"),
+    "absolute tar": ("splits.val.shards.0.file", "/etc/x.tar", "points outside"),
+    "rate a string": ("sample_rate", "16k", "sample_rate: '16k' is not a whole number"),
+}
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    src = make_corpus(tmp_path / "gt", n=6)
+    assert run(src, "--name", "c", "--out", tmp_path / "s", "--val-fraction", "0.3") == 0
+    return tmp_path / "s" / "c" / "manifest.json"
+
+
+@pytest.mark.parametrize("case", [*BAD_MANIFESTS, "not JSON", "a JSON list", "listed twice"])
+def test_a_malformed_manifest_is_one_line_for_training_and_verify(sharded, tmp_path, capsys, case):
+    m = json.loads(sharded.read_text())
+    if case == "not JSON":
+        text, message = "{not json", "not valid JSON"
+    elif case == "a JSON list":
+        text, message = "[1, 2]", "top level: a JSON list, not an object"
+    elif case == "listed twice":
+        m["splits"]["val"]["shards"].append(m["splits"]["train"]["shards"][0])
+        m["splits"]["val"]["samples"] += m["splits"]["train"]["shards"][0]["samples"]
+        text, message = json.dumps(m), "is listed twice"
+    else:
+        field, value, message = BAD_MANIFESTS[case]
+        text = json.dumps(_set(m, field, value))
+    sharded.write_text(text)
+    capsys.readouterr()
+    err = train_refusal(tmp_path, capsys)
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {sharded}: ") and message in err
+    assert shard.main(["verify", str(sharded.parent)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {sharded}: ") and message in line
+
+
+@pytest.mark.parametrize("case", ["part 1/abc", "a shard in two parts", "samples abc"])
+def test_merge_refuses_bad_part_manifests_and_writes_nothing(tmp_path, capsys, case):
+    src = make_corpus(tmp_path / "gt", n=6)
+    out = tmp_path / "s" / "big"
+    for i in range(2):
+        run(src, "--name", "big", "--out", tmp_path / "s", "--part", f"{i}/2")
+    second = out / "manifest.part-00001-of-00002.json"
+    m = json.loads(second.read_text())
+    first = json.loads((out / "manifest.part-00000-of-00002.json").read_text())
+    if case == "part 1/abc":
+        m["part"], message = "1/abc", f"{second}: part: '1/abc' is not I/N"
+    elif case == "a shard in two parts":
+        m["splits"]["train"] = first["splits"]["train"]
+        message = "is listed twice (in the part manifests; nothing was written)"
+    else:
+        m["splits"]["train"]["samples"], message = "abc", f"{second}: splits.train.samples: 'abc'"
+    second.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert shard.main(["merge", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (out / "manifest.json").exists()
