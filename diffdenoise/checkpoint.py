@@ -7,6 +7,8 @@ to a temp name first and is renamed into place, so a crash never leaves half a f
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
@@ -26,20 +28,51 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, phrased for the user in one line."""
 
 
+class SaveError(RuntimeError):
+    """A checkpoint or state that could not be written (full disk, read-only folder)."""
+
+
+@contextlib.contextmanager
+def saving(folder: Path, what: str):
+    """Turn a failed write of ``what`` into one :class:`SaveError` naming ``folder``.
+
+    ``torch.save`` to a path reports a full disk as ``RuntimeError: ... unexpected pos``
+    (from its zip writer), so that counts as a failed write too.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "unexpected pos" not in str(err):
+            raise
+        full = getattr(err, "errno", None) == errno.ENOSPC or _nearly_full(folder)
+        cause = "no space left on the device" if full else getattr(err, "strerror", None) or err
+        raise SaveError(
+            f"{folder}: {cause} while writing {what}; what was saved before is intact"
+        ) from None
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
 def atomic_torch_save(payload: dict, path: Path) -> None:
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)  # a file object: a full disk raises ENOSPC, not "unexpected pos"
 
 
 def save_best(run_dir: Path, payload: dict, keep_copies: int) -> Path:
     """Write ``best.pt`` and a ``best_model_YYYYMMDD_HHMMSS.pth`` copy; prune old copies."""
     payload = {"format": FORMAT, **payload}
     best = run_dir / "best.pt"
-    atomic_torch_save(payload, best)
     stamp = time.strftime("%Y%m%d_%H%M%S")
     copy = run_dir / f"best_model_{stamp}.pth"
-    with atomic_path(copy) as tmp:
-        shutil.copyfile(best, tmp)
+    with saving(run_dir, "best.pt"):
+        atomic_torch_save(payload, best)
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(best, tmp)
     if keep_copies > 0:
         for old in sorted(run_dir.glob("best_model_*.pth"))[:-keep_copies]:
             old.unlink()

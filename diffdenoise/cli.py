@@ -57,15 +57,18 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def os_error_line(err: OSError) -> str:
-    """One line for an error of the machine, not the program: full disk, read-only, ..."""
-    where = err.filename or ""
+def os_reason(err: OSError) -> str:
+    """Why the machine refused a write, in a few words: full disk, read-only, ..."""
     if err.errno == errno.ENOSPC:
-        return f"{where or 'disk'}: no space left on the device; free space and run again"
+        return "no space left on the device"
     if err.errno == errno.EROFS:
-        return f"{where}: read-only file system"
-    text = err.strerror or str(err)
-    return f"{where}: {text}" if where else text
+        return "read-only file system"
+    return err.strerror or str(err)
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an error of the machine, not the program, naming the file if known."""
+    return f"{err.filename}: {os_reason(err)}" if err.filename else os_reason(err)
 
 
 def entry(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

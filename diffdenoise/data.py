@@ -61,6 +61,8 @@ def slot_shards(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -
 def decode_example(sample: dict, segment: int, rng, rate: int):
     """A crop of ``segment`` samples (zero-padded) from a sample, and its stored noisy twin:
     int16 where the shard stores 16-bit audio (the device makes it float), else float32."""
+    if "__bad__" in sample:  # marked by the tar reader
+        raise DataError(sample["__bad__"])
     data, noisy_data = audio.member(sample), audio.member(sample, "noisy.")
     if data is None:
         raise DataError(f"sample {sample.get('__key__')} has no flac or wav audio")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import statistics
@@ -177,10 +178,15 @@ def save_state(acc: Accelerator, run_dir: Path, step: int, keep_last: int, extra
     tmp, final = checkpoint.state_dir_for(run_dir, step)
     # torch.save, not safetensors: on CUDA a GRU's weights are views of one cuDNN buffer, and
     # safetensors keeps only one of them (accelerate #3101), so a resumed GPU run lost the rest.
-    acc.save_state(str(tmp), safe_serialization=False)
-    if acc.is_main_process:
-        for name, obj in extras.items():
-            torch.save(obj.state_dict(), tmp / f"{name}.pt")
+    try:
+        with checkpoint.saving(run_dir, f"the state of step {step}"):
+            acc.save_state(str(tmp), safe_serialization=False)
+            if acc.is_main_process:
+                for name, obj in extras.items():
+                    checkpoint.atomic_torch_save(obj.state_dict(), tmp / f"{name}.pt")
+    except checkpoint.SaveError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the half-written state, not the earlier ones
+        raise
     acc.wait_for_everyone()
     if acc.is_main_process:
         checkpoint.finish_state(tmp, final, keep_last)

@@ -16,6 +16,7 @@ Writes ``OUT/NAME/{train,val}-NNNNNN.tar`` (``{split}-pIIIII-NNNNNN.tar`` for a 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -34,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from diffdenoise import audio, shardwriter
+from diffdenoise.cli import entry, os_reason
 from diffdenoise.manifest import MANIFEST, merge, verify_main, write_json_atomic
 from diffdenoise.progress import progress
 
@@ -177,6 +179,16 @@ def pack(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {noisy_root}: noisy folder not found")
     part, parts = _parse_part(args.part)
     out = Path(args.out) / args.name
+    try:
+        return _pack(args, root, noisy_root, out, part, parts)
+    except OSError as err:  # the disk's, not the input's: the finished shards stay
+        raise SystemExit(
+            f"error: {out}: {os_reason(err)}; the shards finished before are intact and no "
+            "manifest was written: fix that and run again"
+        ) from None
+
+
+def _pack(args, root: Path, noisy_root: Path | None, out: Path, part: int, parts: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files, skipped = audio.walk(root)
     if noisy_root is not None:
@@ -187,10 +199,21 @@ def pack(args: argparse.Namespace) -> dict:
     jobs = [(rel, root, noisy_root, opt, split_of(rel, args.val_fraction)) for rel in files]
     layouts = write_shards(jobs, out, tag, args, skipped)
     manifest = _manifest(args, layouts, skipped, len(files), part, parts)
+    if parts == 1 and not any(sp["samples"] for sp in manifest["splits"].values()):
+        raise SystemExit(f"error: {root}: no usable audio, so no manifest was written: "
+                         f"{nothing_usable(len(files), skipped)}")  # fmt: skip
     _remove_stale(out, f"{tag}-", manifest)
     name = MANIFEST if parts == 1 else f"manifest.part-{part:05d}-of-{parts:05d}.json"
     write_json_atomic(out / name, manifest)
     return manifest
+
+
+def nothing_usable(n_files: int, skipped: list[dict]) -> str:
+    """What was found and why each kind of file was skipped, e.g. ``2 audio file(s) found;
+    skipped 3: 2 x too short (...), 1 x not an audio file extension``."""
+    reasons = collections.Counter(s["reason"].split(" (")[0] for s in skipped)
+    why = ", ".join(f"{n} x {reason}" for reason, n in reasons.most_common(4))
+    return f"{n_files} audio file(s) found; skipped {len(skipped)}" + (f": {why}" if why else "")
 
 
 def write_shards(jobs: list, out: Path, tag: str, args, skipped: list) -> dict:
@@ -361,6 +384,7 @@ def subcommand_args(argv: list[str], text: str) -> argparse.Namespace:
     return p.parse_args(argv[1:])
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:

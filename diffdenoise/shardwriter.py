@@ -44,6 +44,16 @@ def spool(path: Path, samples: list[tuple[str, dict]]) -> list[int]:
 def assemble(tmp: Path, final: Path, pieces: list[tuple[str, int, int]]) -> dict:
     """Concatenate ``(spool, offset, size)`` pieces into a closed tar at ``final`` (written
     as ``tmp``, then renamed); returns its ``sha256`` and ``bytes``."""
+    try:
+        result = _write_tar(tmp, pieces)
+    except OSError:  # a full disk: leave no half shard taking the space a rerun needs
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+    return result
+
+
+def _write_tar(tmp: Path, pieces: list[tuple[str, int, int]]) -> dict:
     digest, total = hashlib.sha256(), 0
     with open(tmp, "wb") as f:
         for path, offset, size in pieces:
@@ -59,7 +69,6 @@ def assemble(tmp: Path, final: Path, pieces: list[tuple[str, int, int]]) -> dict
         digest.update(b"\0" * end)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, final)
     return {"sha256": digest.hexdigest(), "bytes": total + end}
 
 

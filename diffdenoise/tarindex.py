@@ -128,7 +128,7 @@ def members(path: str) -> Iterator[tuple[str, int, int]]:
             raise DataError(f"{path}: truncated tar member at byte {pos}")
         if kind in (b"L", b"x"):  # the next member's name: GNU long name or pax header
             raw = pread(path, data, size)
-            long_name = raw.rstrip(b"\0").decode() if kind == b"L" else _pax_path(raw)
+            long_name = _text(raw.rstrip(b"\0")) if kind == b"L" else _pax_path(raw)
         elif kind in (b"0", b"\0", b"7"):
             name = long_name or _name(header)
             long_name = None
@@ -137,9 +137,21 @@ def members(path: str) -> Iterator[tuple[str, int, int]]:
 
 
 def _name(header: bytes) -> str:
-    name = header[:100].split(b"\0", 1)[0].decode()
-    prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+    name = _text(header[:100].split(b"\0", 1)[0])
+    prefix = _text(header[345:500].split(b"\0", 1)[0]) if header[257:262] == b"ustar" else ""
     return f"{prefix}/{name}" if prefix else name
+
+
+def _text(raw: bytes) -> str:
+    """A member name; bytes that are not UTF-8 become U+FFFD and the name is marked
+    (:data:`BAD_NAME`), so its sample is skipped and counted, not the loader killed."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return BAD_NAME + raw.decode("utf-8", "replace")
+
+
+BAD_NAME = "\0bad-name\0"  # a prefix no tar name can hold (names end at NUL)
 
 
 def samples(path: str) -> Iterator[dict]:
@@ -147,6 +159,8 @@ def samples(path: str) -> Iterator[dict]:
     (``__key__``, ``__url__`` and lower-case extensions as keys)."""
     current: dict = {}
     for name, offset, size in members(path):
+        bad = name.startswith(BAD_NAME)
+        name = name.removeprefix(BAD_NAME)
         match = _KEY.match(name)
         if match is None or _META.search(name) or os.path.basename(name).startswith("."):
             continue
@@ -156,6 +170,8 @@ def samples(path: str) -> Iterator[dict]:
             current = {}
         if not current:
             current = {"__key__": key, "__url__": path}
+        if bad:  # decode_example refuses the sample, naming this
+            current["__bad__"] = f"member name {name!r} is not valid UTF-8"
         if ext in current:
             raise DataError(f"{path}: duplicate member {name} in sample {key}")
         current[ext] = Member(path, offset, size)

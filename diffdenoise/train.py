@@ -23,6 +23,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
 from diffdenoise import checkpoint, config, data, distrib
+from diffdenoise.cli import os_error_line
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
 from diffdenoise.model import model_for
@@ -66,9 +67,8 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for key, default in asdict(TrainState()).items():  # known keys of known types only
             value = state.get(key, default)
-            if not isinstance(value, type(default)) and not (
-                isinstance(default, float) and isinstance(value, int)
-            ):
+            number = isinstance(default, (int, float)) and isinstance(value, (int, float))
+            if not (number or isinstance(value, type(default))) or isinstance(value, bool):
                 raise ValueError(
                     f"progress entry {key}={value!r} is not a {type(default).__name__}"
                 )
@@ -445,10 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         config.ConfigError,
         data.DataError,
         checkpoint.CheckpointError,
+        checkpoint.SaveError,
         TrainingError,
         RunDirError,
     ) as err:
+        if isinstance(err, checkpoint.SaveError):
+            err = f"{err}: free space and resume with train.resume=auto"
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the machine's, not ours: a full disk, a read-only folder
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the loop's handler was installed: nothing to save
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)

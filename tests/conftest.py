@@ -76,3 +76,50 @@ def causal_checkpoint(tmp_path_factory):
     ])  # fmt: skip
     (best,) = runs.glob("*/best.pt")
     return best
+
+
+def _mount(path, options: str) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 512 KiB (a tmpfs; mounting needs root): writes past it fail
+    with ENOSPC, as on a full disk. ``small_disk(kib)`` mounts it; unmounted at the end."""
+    import subprocess
+
+    mounted = []
+
+    def mount(kib: int = 512):
+        path = tmp_path / f"disk{len(mounted)}"
+        if not _mount(path, f"size={kib}k"):
+            pytest.skip("needs root to mount a small tmpfs")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write into: a read-only tmpfs as root (root ignores file modes),
+    else a folder of mode 0555."""
+    import subprocess
+
+    path = tmp_path / "read-only"
+    if os.geteuid() == 0:
+        if not _mount(path, "ro,size=64k"):
+            pytest.skip("cannot mount a read-only tmpfs")
+        yield path
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    else:
+        path.mkdir()
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)

@@ -156,8 +156,7 @@ def test_interrupted_run_leaves_nothing_complete_looking_and_rerun_finishes(tmp_
         return real(job)
 
     monkeypatch.setattr(shard, "process", crash_after_five)
-    with pytest.raises(KeyboardInterrupt):
-        run(*args)
+    assert run(*args) == 130  # one line, not a traceback
     monkeypatch.setattr(shard, "process", real)
     check_stopped_then_rerun(tmp_path / "s" / "c", args)
 
@@ -480,3 +479,44 @@ def test_merge_refuses_bad_part_manifests_and_writes_nothing(tmp_path, capsys, c
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
     assert not (out / "manifest.json").exists()
+
+
+def test_a_folder_with_no_usable_audio_is_an_error_naming_what_was_skipped(tmp_path, capsys):
+    src = tmp_path / "gt"
+    src.mkdir()
+    (src / "notes.txt").write_text("not audio")
+    (src / "empty.wav").write_bytes(b"")
+    sf.write(str(src / "short.wav"), np.full(100, 0.1, np.float32), 16000)
+    assert run(src, "--name", "n", "--out", tmp_path / "s") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {src}: no usable audio, so no manifest was written: ")
+    assert "2 audio file(s) found; skipped 3: " in line
+    assert "1 x not an audio file extension" in line and "1 x shorter than --min-seconds" in line
+    assert not (tmp_path / "s" / "n" / "manifest.json").exists()
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, capsys, read_only_dir):
+    src = make_corpus(tmp_path / "gt", n=2)
+    assert run(src, "--name", "c", "--out", read_only_dir) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    reason = "read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert line.startswith(f"error: {read_only_dir / 'c'}: {reason}; ")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_is_one_line_and_the_finished_shards_stay(
+    tmp_path, capsys, small_disk, workers
+):
+    src = make_corpus(tmp_path / "gt", n=8, seconds=3)  # about 300 kB of FLAC shards
+    disk = small_disk(256 if workers == 1 else 320)  # spools of two workers take more
+    args = (src, "--name", "c", "--out", disk, "--shard-mb", "0.04", "--workers", workers)
+    assert run(*args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {disk / 'c'}: no space left on the device; the shards ")
+    assert "Traceback" not in capsys.readouterr().err
+    finished = sorted((disk / "c").glob("*.tar"))
+    assert finished and not (disk / "c" / "manifest.json").exists()
+    for tar in finished:  # each one whole: tarfile reads every member
+        with tarfile.open(tar) as t:
+            assert all(t.extractfile(m).read() is not None for m in t.getmembers())
+    assert not list((disk / "c").glob(".*"))  # no temp shards or spool files left

@@ -499,6 +499,23 @@ def test_resume_auto_skips_a_damaged_newest_state(shards, tmp_path):
     assert err[-1].startswith(f"error: {run / 'state'}: no intact training state to resume from")
 
 
+def spoil_first_sample_name(tar_path: Path) -> None:
+    """Put a byte that is not UTF-8 into the names of the tar's first sample, in place (the
+    size stays, so training's start-up size check passes), with valid header checksums."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        members = tar.getmembers()
+    key = members[0].name.split(".", 1)[0]
+    raw = bytearray(tar_path.read_bytes())
+    for member in (m for m in members if m.name.split(".", 1)[0] == key):
+        header = member.offset
+        raw[header + len(key) - 1] = 0xFF
+        raw[header + 148 : header + 156] = b" " * 8
+        raw[header + 148 : header + 156] = b"%06o\0 " % sum(raw[header : header + 512])
+    tar_path.write_bytes(bytes(raw))
+
+
 def test_damaged_shards_are_counted_named_and_warned_once(tmp_path):
     import tarfile
 
@@ -509,6 +526,8 @@ def test_damaged_shards_are_counted_named_and_warned_once(tmp_path):
     raw = bytearray(train_tar.read_bytes())  # same size: passes the start-up size check
     raw[flac.offset_data : flac.offset_data + flac.size] = b"\x00" * flac.size
     train_tar.write_bytes(bytes(raw))
+    named_tar = sorted(shards.glob("train-*.tar"))[1]
+    spoil_first_sample_name(named_tar)
     val_tar = sorted(shards.glob("val-*.tar"))[0]
     raw = bytearray(val_tar.read_bytes())
     half = len(raw) // 2
@@ -524,6 +543,7 @@ def test_damaged_shards_are_counted_named_and_warned_once(tmp_path):
     assert err.count(f"{val_tar}:") == 1  # once, though validation read it three times
     assert "validation read " in err and f"of the {listed} samples the manifest lists" in err
     assert f"in {train_tar}: " in err  # the undecodable sample names its tar
+    assert f"in {named_tar}: member name " in err and "is not valid UTF-8" in err
     rows = [
         json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
     ]
