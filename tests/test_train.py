@@ -700,3 +700,20 @@ def test_ctrl_c_saves_and_resumes_exactly_and_a_second_run_cannot_share_the_fold
     assert not (runs / "r" / "PREEMPTED").exists()  # not a preemption: no requeue
     python_run([TRAIN, *args_for(shards, runs, *common, "train.resume=auto")])
     assert_same_training(tmp_path / "a" / "r", runs / "r", step=300, compare_from=stopped + 1)
+
+
+@pytest.mark.parametrize("first_save", ["best.pt", "the state of step 2"])
+def test_a_full_disk_while_saving_is_one_line(shards, small_disk, first_save):
+    disk = small_disk(1024)  # the run's config and logs fit; a 1.1 MB checkpoint does not
+    every = ["train.val_every=2", "checkpoint.every=4"]
+    if first_save != "best.pt":
+        every = ["train.val_every=4", "checkpoint.every=2"]
+    args = [*args_for(shards, disk, "train.max_steps=4", "train.run_name=r", *every)]
+    proc = python_run([TRAIN, *args, "log.wandb_mode=disabled"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {disk / 'r'}: no space left on the device while writing {first_save}; what "
+        "was saved before is intact: free space and resume with train.resume=auto"
+    )
+    assert (disk / "r" / "config.yaml").is_file() and not (disk / "r" / "best.pt").exists()
+    assert not list((disk / "r").rglob(".*tmp*"))  # no half-written file or state left
