@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from diffdenoise import audio, config, data, demo_data, shard
+from diffdenoise.cli import entry
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import build_model, count_parameters, gflops_per_second, model_for
@@ -369,6 +370,7 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
     return sorted(rows, key=lambda r: int(r["id"][1:]))
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.bench", description=__doc__)
     p.add_argument("--only", default="", help="comma-separated figures, e.g. B1,B4")

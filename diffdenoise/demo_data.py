@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffdenoise import audio
+from diffdenoise.cli import entry
 
 # (F1, F2, F3) in Hz for a few vowels; syllables glide between two of them.
 VOWELS = np.array(
@@ -136,6 +137,7 @@ def example(out: Path, seed: int, rate: int = 16000, snr: float = 5.0) -> tuple[
     return paths
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.demo_data", description=__doc__)
     p.add_argument("out", type=Path)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from diffdenoise import audio, noise, room
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.cli import entry
 from diffdenoise.data import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
 from diffdenoise.files import atomic_path
@@ -324,6 +325,7 @@ def json_path(args) -> Path:
     return out
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import torch
 
+from diffdenoise.cli import entry
+
 PESQ_RATE = 16000
 
 
@@ -69,6 +71,7 @@ def score(estimate: np.ndarray, reference: np.ndarray, rate: int, names) -> dict
 METRICS = ("si_sdr", "pesq", "stoi")
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffdenoise.metrics", description=__doc__)
     p.add_argument("reference", help="the clean file")

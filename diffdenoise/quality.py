@@ -26,6 +26,7 @@ import torch
 
 from diffdenoise import audio, config, evaluate, noise, quality_steps
 from diffdenoise.baseline import wiener
+from diffdenoise.cli import entry
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import model_for
@@ -311,6 +312,7 @@ def run_info(run: Path, model) -> dict:
     }
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()

@@ -21,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from diffdenoise import config, data, distrib, train
+from diffdenoise.cli import entry
 from diffdenoise.step import LateFlag
 
 WARMUP_STEPS = 3  # compilation, cuDNN autotuning and the allocator settle in these
@@ -93,6 +94,7 @@ def report(figures: dict, workers: int) -> str:
     return "\n".join([figures["table"], *lines, f"on {figures['device']}: {verdict}"])
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     files = [a for a in argv if "=" not in a]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from diffdenoise import config
+from diffdenoise.cli import entry
 from diffdenoise.model import count_parameters, gflops_per_second, model_for
 
 
@@ -27,6 +28,7 @@ def describe(path: str) -> str:
     )
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("configs", nargs="+")

@@ -23,7 +23,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
 from diffdenoise import checkpoint, config, data, distrib
-from diffdenoise.cli import os_error_line
+from diffdenoise.cli import entry, os_error_line
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
 from diffdenoise.model import model_for
@@ -417,6 +417,7 @@ def log_window(run, window, grad_norm, samples_per_step, seconds_per_step, bar, 
     )
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     """``launch/train.py [--print-run-dir] CONFIG.yaml [CONFIG.yaml ...] [key=value ...]``
     (also ``python -m diffdenoise.train``, which needs no clone).

@@ -1,5 +1,7 @@
 """Inference: the CLI on real files, the Python API, bad input, and a real trained model."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -263,3 +265,18 @@ def test_correction_shares_are_set_at_inference_without_retraining(ckpt, tmp_pat
     with pytest.raises(SystemExit):
         cli(src, "-c", spectral, "--suppress-scale", 1.5)
     assert "--suppress-scale: 1.5 is not between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_bug_is_one_line_naming_the_file_with_its_traceback(ckpt, tmp_path, capsys, monkeypatch):
+    def broken(self, *args, **kwargs):
+        return 1 / 0
+
+    monkeypatch.setattr(Denoiser, "denoise_file", broken)
+    src = write_speech(tmp_path / "a.wav", 0.3)
+    assert cli(src, "-c", ckpt) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    prefix = "error: internal error ZeroDivisionError: division by zero (a bug in diffdenoise; "
+    assert line.startswith(prefix + "the full traceback is in ")
+    trace = Path(line.rsplit(" ", 1)[1].rstrip(")"))
+    assert "in broken" in trace.read_text() and "ZeroDivisionError" in trace.read_text()
+    trace.unlink()
