@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -138,7 +139,8 @@ class Tracker:
             return
         id_file = self.run_dir / "wandb_id"
         if not state.wandb_id:
-            state.wandb_id = id_file.read_text().strip() if id_file.exists() else _new_id()
+            saved = id_file.read_text(errors="replace").strip() if id_file.exists() else ""
+            state.wandb_id = saved if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", saved) else _new_id()
         id_file.write_text(state.wandb_id)
         self._truncate(state.step)
         if self.enabled:
@@ -157,8 +159,11 @@ class Tracker:
         """Drop lines past the resumed step, so the log matches an uninterrupted run."""
         if not self.jsonl.exists():
             return
-        lines = [ln for ln in self.jsonl.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        lines = [ln for ln in self.jsonl.read_text(errors="replace").splitlines() if ln.strip()]
+        kept = [ln for ln in lines if (_step_of(ln) or math.inf) <= step]
+        unreadable = sum(_step_of(ln) is None for ln in lines)
+        if unreadable:  # a line cut short by a kill, or a file edited by hand
+            print(f"warning: {self.jsonl}: dropped {unreadable} unreadable line(s)", flush=True)
         self.jsonl.write_text("".join(f"{ln}\n" for ln in kept))
 
     def log(self, metrics: dict, step: int) -> None:
@@ -213,6 +218,15 @@ class Tracker:
     def finish(self) -> None:
         # also destroys the process group: gloo aborts at exit (SIGABRT) if it is left alive
         self.acc.end_training()
+
+
+def _step_of(line: str) -> int | None:
+    """The ``step`` of a ``metrics.jsonl`` line, or None if the line is not one of ours."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _new_id() -> str:

@@ -1,6 +1,7 @@
 """End-to-end training runs on CPU: real shards, real Accelerate, real W&B offline files."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import torch
 from diffdenoise import train as train_mod
 from diffdenoise.checkpoint import load_best
 from tests.distributed import ROOT, accelerate_launch, cpu_env, python_run
-from tests.helpers import make_shards, wandb_history_keys
+from tests.helpers import make_shards, wandb_history_keys, write_speech
 
 pytestmark = pytest.mark.slow
 TRAIN = "launch/train.py"
@@ -105,6 +106,8 @@ def test_train_writes_best_then_resumes(shards, tmp_path):
     # a second run without resume refuses to overwrite
     again = python_run([TRAIN, *args_for(shards, runs, *common)], check=False)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+    with open(run_dir / "metrics.jsonl", "a") as log:  # a line cut short by a kill
+        log.write('{"step": 12, "train/to')
     # resume=auto continues from the latest state into the same W&B run
     more = python_run(
         [TRAIN, *args_for(shards, runs, *common[1:], "train.max_steps=16", "train.resume=auto")],
@@ -113,6 +116,8 @@ def test_train_writes_best_then_resumes(shards, tmp_path):
     assert more.returncode == 0, more.stderr
     assert "resumed from" in more.stdout and "at step 12" in more.stdout
     assert "finished at step 16" in more.stdout
+    assert f"warning: {run_dir / 'metrics.jsonl'}: dropped 1 unreadable line(s)" in more.stdout
+    assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert (run_dir / "wandb_id").read_text() == wandb_id
     assert len(list(run_dir.glob("wandb/offline-run-*"))) >= 1
 
@@ -717,3 +722,39 @@ def test_a_full_disk_while_saving_is_one_line(shards, small_disk, first_save):
     )
     assert (disk / "r" / "config.yaml").is_file() and not (disk / "r" / "best.pt").exists()
     assert not list((disk / "r").rglob(".*tmp*"))  # no half-written file or state left
+
+
+def test_flac_and_pcm16_shards_in_one_glob_and_files_shorter_than_the_crop(tmp_path):
+    """Two shard folders of each format, matched by one glob; every file (0.6-1.35 s) is
+    shorter than the 2 s crop, so every crop is zero-padded."""
+    from diffdenoise import shard
+
+    src = tmp_path / "gt"
+    for i in range(8):
+        write_speech(src / f"u{i}.wav", 0.6 + 0.1 * i, seed=i)
+    for fmt in ("flac", "pcm16"):
+        out = ["--name", fmt, "--out", str(tmp_path / "s"), "--format", fmt]
+        assert shard.main([str(src), *out, "--val-fraction", "0.25"]) == 0
+    args = [
+        "configs/tiny.yaml",
+        f"data.train_shards={tmp_path}/s/*/train-*.tar",
+        f"data.val_shards={tmp_path}/s/*/val-*.tar",
+        f"train.runs_dir={tmp_path / 'runs'}",
+        "data.segment=32000",
+        "train.batch_size=4",
+        "train.max_steps=6",
+        "train.val_every=3",
+        "log.every=1",
+        "train.run_name=mixed",
+    ]
+    proc = python_run([TRAIN, *args])
+    assert "finished at step 6" in proc.stdout
+    rows = [json.loads(x) for x in (tmp_path / "runs/mixed/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["train/total"]) for r in rows if "train/total" in r)
+    manifests = [
+        json.loads((tmp_path / "s" / f / "manifest.json").read_text()) for f in ("flac", "pcm16")
+    ]
+    # six steps of four read every training sample of both folders, and none was bad
+    assert sum(m["splits"]["train"]["samples"] for m in manifests) <= 6 * 4
+    assert max(r.get("train/bad_samples", 0) for r in rows) == 0
+    assert (tmp_path / "runs/mixed/best.pt").is_file()
