@@ -758,3 +758,25 @@ def test_flac_and_pcm16_shards_in_one_glob_and_files_shorter_than_the_crop(tmp_p
     assert sum(m["splits"]["train"]["samples"] for m in manifests) <= 6 * 4
     assert max(r.get("train/bad_samples", 0) for r in rows) == 0
     assert (tmp_path / "runs/mixed/best.pt").is_file()
+
+
+def test_a_second_ctrl_c_exits_at_once_without_saving(shards, tmp_path):
+    common = ["train.max_steps=100000", "train.max_epochs=0", "train.val_every=100000",
+              "checkpoint.every=100000", "log.every=1", "train.run_name=r"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args_for(shards, tmp_path, *common)], cwd=ROOT, env=cpu_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.02)  # two signals pending at once are one; a save takes far longer
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in out + err
+    assert "interrupted again: exiting at once, nothing more saved" in err
+    assert "state saved" not in out and not list((tmp_path / "r").glob("state/step-*"))
