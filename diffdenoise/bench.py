@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from diffdenoise import audio, config, data, demo_data, shard
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import build_model, count_parameters, gflops_per_second, model_for

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from diffdenoise.files import atomic_path
+from diffdenoise.common.files import atomic_path
 
 STATE_DIR = "state"
 STATE_RE = re.compile(r"^step-(\d{9})$")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffdenoise import audio
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 
 # (F1, F2, F3) in Hz for a few vowels; syllables glide between two of them.
 VOWELS = np.array(

@@ -25,8 +25,8 @@ import torch
 from diffdenoise import audio, config
 from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError, load_best
+from diffdenoise.common.files import atomic_path
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
-from diffdenoise.files import atomic_path
 from diffdenoise.model import model_for
 from diffdenoise.realtime import StreamingDenoiser
 from diffdenoise.spectral import SpectralMaskModel

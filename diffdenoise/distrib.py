@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from diffdenoise import checkpoint
-from diffdenoise.cli import INTERRUPTED_EXIT
+from diffdenoise.common.cli import INTERRUPTED_EXIT
 
 PREEMPTED_MARKER = "PREEMPTED"
 

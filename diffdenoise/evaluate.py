@@ -27,12 +27,12 @@ from tqdm import tqdm
 from diffdenoise import audio, noise, room
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
+from diffdenoise.common.files import atomic_path
+from diffdenoise.common.progress import progress
 from diffdenoise.data import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
-from diffdenoise.files import atomic_path
 from diffdenoise.metrics import METRICS, score
-from diffdenoise.progress import progress
 
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)

@@ -29,7 +29,7 @@ from torch import nn
 from diffdenoise import audio
 from diffdenoise.causal import CausalSpectralModel, FactoredDft
 from diffdenoise.checkpoint import CheckpointError
-from diffdenoise.cli import check_writable, entry, os_error_line
+from diffdenoise.common.cli import check_writable, entry, os_error_line
 from diffdenoise.denoiser import Denoiser
 
 # onnxscript's optimizer takes "+ 1e-10" for "+ 0" and drops it (the log of a silent frame

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from diffdenoise import audio
 from diffdenoise.checkpoint import CheckpointError
-from diffdenoise.cli import entry, number
+from diffdenoise.common.cli import entry, number
+from diffdenoise.common.progress import progress
 from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser, add_share_args, shares_of
-from diffdenoise.progress import progress
 
 SUFFIX = "_denoised"
 # Each step is a network call per segment: the bridge is trained for a handful (default 4),
@@ -112,7 +112,7 @@ def run_job(denoiser: Denoiser, job: Job, bar, plot: bool) -> float:
 
 def write_plot(src: Path, dst: Path) -> Path:
     """Spectrograms of the input and output (first minute, channels averaged)."""
-    from diffdenoise.plots import spectrogram_figure
+    from diffdenoise.common.plots import spectrogram_figure
 
     x, rate = audio.read_head(src, PLOT_SECONDS)
     y, _ = audio.read_head(dst, PLOT_SECONDS)

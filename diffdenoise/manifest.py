@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from diffdenoise.files import atomic_path
+from diffdenoise.common.files import atomic_path
 
 MANIFEST = "manifest.json"
 KINDS = ("clean", "noise", "paired")

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 
 PESQ_RATE = 16000
 

@@ -26,7 +26,7 @@ import torch
 
 from diffdenoise import audio, config, evaluate, noise, quality_steps
 from diffdenoise.baseline import wiener
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import model_for
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {r: run_info(run, models[r].model) for r, run in runs.items()}
     text = report(tables, checks, args.minutes, info, qd, steps_text)
     (args.out / "quality.md").write_text(text)
-    from diffdenoise.plots import quality_figure
+    from diffdenoise.common.plots import quality_figure
 
     histories = {r: curves(run) for r, run in runs.items()}
     quality_figure(args.out / "quality.png", histories, tables, qd.holdout)

@@ -188,7 +188,7 @@ class Tracker:
             return
         import wandb
 
-        from diffdenoise.plots import spectrogram_figure
+        from diffdenoise.common.plots import spectrogram_figure
 
         batch = next(iter(batches), None)
         if batch is None:

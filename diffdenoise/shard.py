@@ -35,9 +35,9 @@ import numpy as np
 from tqdm import tqdm
 
 from diffdenoise import audio, shardwriter
-from diffdenoise.cli import entry, os_reason
+from diffdenoise.common.cli import entry, os_reason
+from diffdenoise.common.progress import progress
 from diffdenoise.manifest import MANIFEST, merge, verify_main, write_json_atomic
-from diffdenoise.progress import progress
 
 SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
 

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from diffdenoise import config, data, distrib, train
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 from diffdenoise.step import LateFlag
 
 WARMUP_STEPS = 3  # compilation, cuDNN autotuning and the allocator settle in these

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 
 # torchaudio's default sinc kernel: 6 zero crossings at 99 % of the lower Nyquist rate.
 _ZERO_CROSSINGS, _ROLLOFF = 6, 0.99

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from diffdenoise import config
-from diffdenoise.cli import entry
+from diffdenoise.common.cli import entry
 from diffdenoise.model import count_parameters, gflops_per_second, model_for
 
 

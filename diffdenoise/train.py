@@ -23,7 +23,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
 from diffdenoise import checkpoint, config, data, distrib
-from diffdenoise.cli import entry, os_error_line
+from diffdenoise.common.cli import entry, os_error_line
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
 from diffdenoise.model import model_for

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from diffdenoise.progress import StatusLines, progress
+from diffdenoise.common.progress import StatusLines, progress
 from tests.helpers import make_corpus
 
 
