@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, config, data, demo_data, shard
+from diffdenoise import audio, data, demo_data, shard
 from diffdenoise.common.cli import entry
+from diffdenoise.config import loading as config
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import build_model, count_parameters, gflops_per_second, model_for

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, config, data, shard
+from diffdenoise import audio, data, shard
 from diffdenoise.bench import _quiet, make_corpus, row, timed
+from diffdenoise.config import loading as config
 
 BATCH, CROP, RATE = 16, 96000, 48000  # default.yaml's batches: 16 two-second crops, 48 kHz
 

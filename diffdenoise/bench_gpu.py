@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import config, demo_data, shard
+from diffdenoise import demo_data, shard
 from diffdenoise.bench import _quiet, row
+from diffdenoise.config import loading as config
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model, gflops_per_second, model_for
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import config, demo_data
+from diffdenoise import demo_data
+from diffdenoise.config import loading as config
 from diffdenoise.realtime import StreamingDenoiser, stream_file
 
 RATE, SECONDS, CHUNK_MS = 48000, 10, 10.0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from diffdenoise.common.cli import entry
+from diffdenoise.config import schema
 
 PESQ_RATE = 16000
 
@@ -68,7 +69,7 @@ def score(estimate: np.ndarray, reference: np.ndarray, rate: int, names) -> dict
     return {name: funcs[name](estimate, reference, rate) for name in names}
 
 
-METRICS = ("si_sdr", "pesq", "stoi")
+METRICS = schema.METRICS
 
 
 @entry

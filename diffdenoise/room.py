@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from diffdenoise.schema import RT60_RANGE  # noqa: F401 (the valid RT60s, here too)
+from diffdenoise.config.schema import RT60_RANGE  # noqa: F401 (the valid RT60s, here too)
 
 DRR_DB = 3.0  # direct-to-reverberant energy ratio: a talker about a metre from the mic
 GAP_S = 0.0025  # the first reflection arrives this long after the direct sound

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from diffdenoise import config, data, distrib, train
+from diffdenoise import data, distrib, train
 from diffdenoise.common.cli import entry
+from diffdenoise.config import loading as config
 from diffdenoise.step import LateFlag
 
 WARMUP_STEPS = 3  # compilation, cuDNN autotuning and the allocator settle in these

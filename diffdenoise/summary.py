@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffdenoise import config
 from diffdenoise.common.cli import entry
+from diffdenoise.config import loading as config
 from diffdenoise.model import count_parameters, gflops_per_second, model_for
 
 

@@ -41,8 +41,8 @@ def trained_tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
-    from diffdenoise import config
     from diffdenoise.checkpoint import save_best
+    from diffdenoise.config import loading as config
     from diffdenoise.model import build_model
 
     cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])

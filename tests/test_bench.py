@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import bench, bench_process, config, quality
+from diffdenoise import bench, bench_process, quality
+from diffdenoise.config import loading as config
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model
 

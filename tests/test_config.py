@@ -1,7 +1,8 @@
 import pytest
 
-from diffdenoise import config, schema
-from diffdenoise.config import ConfigError
+from diffdenoise.config import loading as config
+from diffdenoise.config import schema
+from diffdenoise.config.loading import ConfigError
 
 
 def test_layers_apply_in_order(tmp_path):

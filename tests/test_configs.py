@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdenoise import config
+from diffdenoise.config import loading as config
 from diffdenoise.losses import build_loss
 from diffdenoise.model import build_model
 

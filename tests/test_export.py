@@ -100,7 +100,7 @@ def test_export_refuses_a_non_causal_checkpoint_in_one_line(ckpt, tmp_path):
 
 
 def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
-    from diffdenoise import config
+    from diffdenoise.config import loading as config
     from diffdenoise.export import OnnxDenoiser, export
     from diffdenoise.model import build_model
 

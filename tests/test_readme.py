@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diffdenoise import config
+from diffdenoise.config import loading as config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md"]

@@ -9,9 +9,10 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from diffdenoise import config, demo_data
+from diffdenoise import demo_data
 from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError
+from diffdenoise.config import loading as config
 from diffdenoise.metrics import si_sdr
 from diffdenoise.model import build_model, model_for
 from diffdenoise.realtime import StreamingDenoiser

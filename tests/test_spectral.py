@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import config, demo_data
+from diffdenoise import demo_data
+from diffdenoise.config import loading as config
 from diffdenoise.metrics import si_sdr
 from diffdenoise.model import build_model
 from diffdenoise.spectral import (

@@ -628,7 +628,8 @@ def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
 
     from accelerate import Accelerator
 
-    from diffdenoise import checkpoint, config, distrib
+    from diffdenoise import checkpoint, distrib
+    from diffdenoise.config import loading as config
 
     steps = [
         "checkpoint.every=2",

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffdenoise.schema import AT_LEAST_1, CHOICES, NOISE_TYPES, RANGES, Config
+from diffdenoise.config.schema import AT_LEAST_1, CHOICES, METRICS, NOISE_TYPES, RANGES, Config
 
 SHARE_DIR = Path(sys.prefix) / "share" / "diffdenoise" / "configs"
 
@@ -121,7 +121,6 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"'noise.weights.{name}' is not a noise type; choose from {', '.join(NOISE_TYPES)}"
             )
-    from diffdenoise.metrics import METRICS  # not at import: `python -m diffdenoise.metrics`
 
     for name in cfg.train.val_metrics:
         if name not in METRICS:
@@ -170,7 +169,7 @@ def _validate_causal(cfg: DictConfig) -> None:
 def config_dirs() -> list[Path]:
     """Where the shipped configs live: ``configs/`` of a clone, else where a non-editable
     install put them (``<prefix>/share/diffdenoise/configs``)."""
-    return [Path(__file__).resolve().parents[1] / "configs", SHARE_DIR]
+    return [Path(__file__).resolve().parents[2] / "configs", SHARE_DIR]
 
 
 def find_config(name: str) -> Path:

@@ -187,6 +187,7 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
+METRICS = ("si_sdr", "pesq", "stoi")  # what train.val_metrics and evaluate may score
 NOISE_TYPES = ("gaussian", "pink", "brown", "corpus", "babble", "tonal", "bursts")
 # Numeric ranges: key -> (low, high, low allowed itself?, high allowed itself?); None = no bound.
 AT_LEAST_1 = (1, None, True, True)
