@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, data, demo_data, shard
+from diffdenoise import demo_data
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
+from diffdenoise.data import audio
+from diffdenoise.data import pipeline as data
+from diffdenoise.data import sharding as shard
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import build_model, count_parameters, gflops_per_second, model_for

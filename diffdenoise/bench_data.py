@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, data, shard
 from diffdenoise.bench import _quiet, make_corpus, row, timed
 from diffdenoise.config import loading as config
+from diffdenoise.data import audio
+from diffdenoise.data import pipeline as data
+from diffdenoise.data import sharding as shard
 
 BATCH, CROP, RATE = 16, 96000, 48000  # default.yaml's batches: 16 two-second crops, 48 kHz
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import demo_data, shard
+from diffdenoise import demo_data
 from diffdenoise.bench import _quiet, row
 from diffdenoise.config import loading as config
+from diffdenoise.data import sharding as shard
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.model import build_model, gflops_per_second, model_for
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffdenoise import audio
 from diffdenoise.bench import row
 from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
+from diffdenoise.data import audio
 from diffdenoise.model import build_model
 
 # --- B3: CPU scaling ---------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffdenoise import audio
 from diffdenoise.common.cli import entry
+from diffdenoise.data import audio
 
 # (F1, F2, F3) in Hz for a few vowels; syllables glide between two of them.
 VOWELS = np.array(
@@ -125,7 +125,7 @@ def example(out: Path, seed: int, rate: int = 16000, snr: float = 5.0) -> tuple[
 
     Its seed stream is disjoint from :func:`generate`'s, so it was never trained on.
     """
-    from diffdenoise.noise import mix_at_snr, pink
+    from diffdenoise.data.noise import mix_at_snr, pink
 
     rng = np.random.default_rng([seed, 10**6])
     clean = utterance(rng, 6.0, rate)

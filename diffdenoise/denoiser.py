@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio
 from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError, load_best
 from diffdenoise.common.files import atomic_path
 from diffdenoise.config import loading as config
+from diffdenoise.data import audio
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.model import model_for
 from diffdenoise.realtime import StreamingDenoiser

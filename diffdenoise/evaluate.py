@@ -24,13 +24,13 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
-from diffdenoise import audio, noise, room
 from diffdenoise.baseline import wiener
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import entry
 from diffdenoise.common.files import atomic_path
 from diffdenoise.common.progress import progress
-from diffdenoise.data import DataError, expand_urls
+from diffdenoise.data import audio, noise, room
+from diffdenoise.data.pipeline import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
 from diffdenoise.metrics import METRICS, score
 

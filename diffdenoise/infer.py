@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from diffdenoise import audio
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import entry, number
 from diffdenoise.common.progress import progress
+from diffdenoise.data import audio
 from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser, add_share_args, shares_of
 
 SUFFIX = "_denoised"

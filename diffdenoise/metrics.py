@@ -38,7 +38,7 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, rate: int) -> float:
     """Wideband PESQ (MOS-LQO, about 1.0-4.6) of ``(time,)`` audio; NaN where PESQ refuses."""
     from pesq import pesq
 
-    from diffdenoise.audio import resample
+    from diffdenoise.data.audio import resample
 
     if not np.abs(reference).max(initial=0.0) > 0 or not np.abs(estimate).max(initial=0.0) > 0:
         return float("nan")  # PESQ normalises by the peak: silence has none
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference", help="the clean file")
     p.add_argument("files", nargs="+", help="files to score against it (same rate)")
     args = p.parse_args(argv)
-    from diffdenoise import audio
+    from diffdenoise.data import audio
 
     try:
         ref, rate = audio.read(args.reference)

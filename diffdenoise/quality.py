@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import audio, evaluate, noise, quality_steps
+from diffdenoise import evaluate, quality_steps
 from diffdenoise.baseline import wiener
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
+from diffdenoise.data import audio, noise
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import objective_of
 from diffdenoise.model import model_for

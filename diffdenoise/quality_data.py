@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffdenoise import audio
+from diffdenoise.data import audio
 
 TEST_FRACTION = 0.15
 TRAIN_SHARE = 0.8

@@ -22,9 +22,10 @@ from accelerate import Accelerator
 from torch_ema import ExponentialMovingAverage
 from tqdm import tqdm
 
-from diffdenoise import checkpoint, data, distrib
+from diffdenoise import checkpoint, distrib
 from diffdenoise.common.cli import entry, os_error_line
 from diffdenoise.config import loading as config
+from diffdenoise.data import pipeline as data
 from diffdenoise.diffusion import Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss
 from diffdenoise.model import model_for

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from diffdenoise import demo_data, shard
+from diffdenoise import demo_data
+from diffdenoise.data import sharding as shard
 
 
 def write_speech(path: Path, seconds: float, rate: int = 16000, seed: int = 0, channels=1):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import audio
+from diffdenoise.data import audio
 
 
 def libsndfile(data: bytes, start: int, frames: int) -> np.ndarray:

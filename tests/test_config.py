@@ -140,7 +140,7 @@ def test_a_config_builds_on_its_base(tmp_path):
 
 
 def test_every_noise_type_the_device_mixer_makes_is_a_config_choice():
-    from diffdenoise import mixing
+    from diffdenoise.data import mixing
 
     assert schema.NOISE_TYPES == mixing.KINDS
     cfg = config.load([], ["noise.weights.tonal=1", "noise.weights.bursts=0.5"])

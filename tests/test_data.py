@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import data, mixing, noise
+from diffdenoise.data import mixing, noise
+from diffdenoise.data import pipeline as data
 from tests.helpers import make_shards
 
 
@@ -129,7 +130,7 @@ def test_slot_assignment_partitions_shards():
 def test_silent_clean_crop_is_finite(tmp_path):
     import soundfile as sf
 
-    from diffdenoise import shard
+    from diffdenoise.data import sharding as shard
 
     src = tmp_path / "src"
     src.mkdir()
@@ -146,7 +147,7 @@ def test_silent_clean_crop_is_finite(tmp_path):
 def test_paired_shards_use_stored_noisy(tmp_path):
     import soundfile as sf
 
-    from diffdenoise import shard
+    from diffdenoise.data import sharding as shard
     from tests.helpers import make_corpus
 
     clean = make_corpus(tmp_path / "gt", n=2)
@@ -328,7 +329,8 @@ def test_planned_rooms_reverberate_the_clean_target_and_depend_on_the_example_al
 
 
 def test_speech_eq_shapes_the_clean_target_smoothly_and_keeps_its_level():
-    from diffdenoise import demo_data, mixing
+    from diffdenoise import demo_data
+    from diffdenoise.data import mixing
 
     speech = demo_data.utterance(np.random.default_rng(3), 1.0, 16000)
     b = render_plans(mixer(speech_eq_db=6.0, snr_min=10, snr_max=10), speech, range(6))

@@ -5,9 +5,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from diffdenoise import data
 from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
+from diffdenoise.data import pipeline as data
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.diffusion import TIME_SCALE, Bridge, Predictive, objective_of
 from diffdenoise.losses import build_loss

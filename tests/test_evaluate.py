@@ -8,8 +8,8 @@ import soundfile as sf
 
 from diffdenoise import evaluate
 from diffdenoise.baseline import wiener
+from diffdenoise.data.noise import mix_at_snr, pink
 from diffdenoise.metrics import pesq_wb, si_sdr, stoi
-from diffdenoise.noise import mix_at_snr, pink
 from tests.helpers import make_shards
 
 
@@ -89,7 +89,7 @@ def test_folder_pairs_bucket_by_measured_snr_and_pesq_failures_are_counted(ckpt,
 
 
 def bucket_of_short(short, path):
-    from diffdenoise.noise import snr_db
+    from diffdenoise.data.noise import snr_db
 
     noisy, _ = sf.read(str(path), dtype="float32")
     return evaluate.bucket_of(snr_db(short, noisy))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import audio, flacseek
+from diffdenoise.data import audio, flacseek
 
 RATE, BLOCK = 48000, 4096  # libFLAC's frame size through libsndfile
 

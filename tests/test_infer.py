@@ -8,8 +8,8 @@ import soundfile as sf
 import torch
 
 from diffdenoise import Denoiser, denoise_audio, infer
+from diffdenoise.data.noise import mix_at_snr, pink
 from diffdenoise.metrics import si_sdr
-from diffdenoise.noise import mix_at_snr, pink
 from tests.helpers import write_speech
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import data, mixing, moving
+from diffdenoise.data import mixing, moving
+from diffdenoise.data import pipeline as data
 
 RATE = 16000
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diffdenoise import noise
+from diffdenoise.data import noise
 
 
 @pytest.mark.parametrize("kind", sorted(noise.GENERATORS))

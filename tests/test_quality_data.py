@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import noise, quality, quality_data
+from diffdenoise import quality, quality_data
+from diffdenoise.data import noise
 
 
 def corpus(root, utterances: int = 27):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import room
+from diffdenoise.data import room
 
 
 def schroeder_rt60(response: np.ndarray, rate: int) -> float:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import audio, flacseek, shard
+from diffdenoise.data import audio, flacseek
+from diffdenoise.data import sharding as shard
 from tests.helpers import make_corpus, write_speech
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from diffdenoise import audio, data, tarindex
-from diffdenoise.shards import DataError
+from diffdenoise.data import audio, tarindex
+from diffdenoise.data import pipeline as data
+from diffdenoise.data.shards import DataError
 from tests.helpers import make_shards
 
 

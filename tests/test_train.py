@@ -329,7 +329,7 @@ def poison_noisy_twins(shards):
 def test_non_finite_steps_stop_with_clear_error(tmp_path):
     import soundfile as sf
 
-    from diffdenoise import shard
+    from diffdenoise.data import sharding as shard
     from tests.helpers import make_corpus
 
     clean = make_corpus(tmp_path / "gt", n=4)
@@ -453,7 +453,7 @@ def test_time_budget_accumulation_precision_fallback_and_val_metric(shards, tmp_
     assert -50 < val[0]["val/si_sdr"] < 50 and 0 <= val[0]["val/stoi"] <= 1
     assert (run_dir / "best.pt").exists() and not (run_dir / "wandb").exists()
     train_rows = [r for r in rows if "train/samples_per_s" in r]
-    from diffdenoise import data
+    from diffdenoise.data import pipeline as data
 
     per_epoch = data.manifest_stats(data.expand_urls(f"{shards}/train-*.tar"))["samples"] // 4
     # each optimizer step consumed two micro-batches of 4
@@ -728,7 +728,7 @@ def test_a_full_disk_while_saving_is_one_line(shards, small_disk, first_save):
 def test_flac_and_pcm16_shards_in_one_glob_and_files_shorter_than_the_crop(tmp_path):
     """Two shard folders of each format, matched by one glob; every file (0.6-1.35 s) is
     shorter than the 2 s crop, so every crop is zero-padded."""
-    from diffdenoise import shard
+    from diffdenoise.data import sharding as shard
 
     src = tmp_path / "gt"
     for i in range(8):

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from diffdenoise import data
+from diffdenoise.data import pipeline as data
 from diffdenoise.losses import DenoiseLoss
 from diffdenoise.model import AudioDiffusionModel
 

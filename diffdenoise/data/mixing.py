@@ -19,9 +19,9 @@ from functools import cache
 import numpy as np
 import torch
 
-from diffdenoise import audio, moving, room, tarindex
-from diffdenoise.noise import SILENCE_POWER
-from diffdenoise.shards import DataError
+from diffdenoise.data import audio, moving, room, tarindex
+from diffdenoise.data.noise import SILENCE_POWER
+from diffdenoise.data.shards import DataError
 
 KINDS = ("gaussian", "pink", "brown", "corpus", "babble", "tonal", "bursts")
 EXPONENTS = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 1.0])  # power ~ 1 / f**exponent

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import webdataset as wds
 
-from diffdenoise.shards import DataError, warn_once_per_shard
+from diffdenoise.data.shards import DataError, warn_once_per_shard
 
 BLOCK = 512
 HEAD = 256  # bytes of a member read (and kept) on first touch: a WAV header fits

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from diffdenoise.manifest import ManifestError, read_manifest
+from diffdenoise.data.manifest import ManifestError, read_manifest
 
 
 class DataError(ValueError):

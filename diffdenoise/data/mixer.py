@@ -9,8 +9,8 @@ import copy
 import numpy as np
 import torch
 
-from diffdenoise.mixing import EQ_BANDS, KINDS, SEED_RANGE, SOURCES
-from diffdenoise.shards import DataError
+from diffdenoise.data.mixing import EQ_BANDS, KINDS, SEED_RANGE, SOURCES
+from diffdenoise.data.shards import DataError
 
 MODULATION_HZ = (0.5, 8.0)  # envelope rates, log-uniform: slow swells to syllable rate
 

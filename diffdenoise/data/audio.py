@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from diffdenoise import flacseek
+from diffdenoise.data import flacseek
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
 MEMBER_EXTENSIONS = ("flac", "wav")  # how audio is stored inside a shard's samples

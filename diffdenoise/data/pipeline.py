@@ -28,10 +28,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from diffdenoise import audio, tarindex
-from diffdenoise.mixer import Mixer, collate_plans
-from diffdenoise.mixing import NoiseBank, render
-from diffdenoise.shards import (
+from diffdenoise.data import audio, tarindex
+from diffdenoise.data.mixer import Mixer, collate_plans
+from diffdenoise.data.mixing import NoiseBank, render
+from diffdenoise.data.shards import (
     DataError,
     expand_urls,
     manifest_stats,
