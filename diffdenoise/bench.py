@@ -27,8 +27,8 @@ from diffdenoise.data import audio
 from diffdenoise.data import pipeline as data
 from diffdenoise.data import sharding as shard
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.diffusion import objective_of
-from diffdenoise.model import build_model, count_parameters, gflops_per_second, model_for
+from diffdenoise.models.factory import build_model, count_parameters, gflops_per_second, model_for
+from diffdenoise.models.objectives import objective_of
 
 
 def row(bid, figure, value, target, passed, **details) -> dict:
@@ -157,7 +157,7 @@ def train_consumption(name: str, steps: int = 4) -> float:
 
 
 def _loss(cfg):
-    from diffdenoise.losses import build_loss
+    from diffdenoise.models.losses import build_loss
 
     return build_loss(cfg.loss)
 

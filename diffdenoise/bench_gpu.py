@@ -27,7 +27,7 @@ from diffdenoise.bench import _quiet, row
 from diffdenoise.config import loading as config
 from diffdenoise.data import sharding as shard
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.model import build_model, gflops_per_second, model_for
+from diffdenoise.models.factory import build_model, gflops_per_second, model_for
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}

@@ -16,7 +16,7 @@ from diffdenoise.bench import row
 from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
-from diffdenoise.model import build_model
+from diffdenoise.models.factory import build_model
 
 # --- B3: CPU scaling ---------------------------------------------------------------------
 

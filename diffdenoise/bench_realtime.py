@@ -25,7 +25,7 @@ QUALITY = Path(__file__).resolve().parents[1] / "bench" / "causal" / "quality.js
 
 
 def realtime_model():
-    from diffdenoise.model import model_for
+    from diffdenoise.models.factory import model_for
 
     torch.manual_seed(0)
     model = model_for(config.load([config.find_config("realtime")])).eval()

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError, load_best
 from diffdenoise.common.files import atomic_path
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
-from diffdenoise.diffusion import Bridge, Predictive, objective_of
-from diffdenoise.model import model_for
+from diffdenoise.models.causal import CausalSpectralModel
+from diffdenoise.models.factory import model_for
+from diffdenoise.models.objectives import Bridge, Predictive, objective_of
+from diffdenoise.models.spectral import SpectralMaskModel
 from diffdenoise.realtime import StreamingDenoiser
-from diffdenoise.spectral import SpectralMaskModel
 from diffdenoise.stream import overlap_add, resample_stream, resampled_length
 
 MODES = ("overlap", "seed")

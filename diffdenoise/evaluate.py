@@ -32,7 +32,7 @@ from diffdenoise.common.progress import progress
 from diffdenoise.data import audio, noise, room
 from diffdenoise.data.pipeline import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
-from diffdenoise.metrics import METRICS, score
+from diffdenoise.models.metrics import METRICS, score
 
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)

@@ -30,8 +30,8 @@ from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.diffusion import objective_of
-from diffdenoise.model import model_for
+from diffdenoise.models.factory import model_for
+from diffdenoise.models.objectives import objective_of
 from diffdenoise.quality_data import QualityData, prepare, recorded_parts
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from diffdenoise import checkpoint
-from diffdenoise.diffusion import Predictive
+from diffdenoise.models.objectives import Predictive
 
 RUN_NAME_SKIP = ("train.resume", "train.run_name", "train.runs_dir")
 

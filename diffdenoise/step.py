@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import torch
 
-from diffdenoise.diffusion import Predictive
+from diffdenoise.models.objectives import Predictive
 
 
 def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float, objective=None):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
-from diffdenoise.model import count_parameters, gflops_per_second, model_for
+from diffdenoise.models.factory import count_parameters, gflops_per_second, model_for
 
 
 def describe(path: str) -> str:

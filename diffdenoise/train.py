@@ -26,9 +26,9 @@ from diffdenoise import checkpoint, distrib
 from diffdenoise.common.cli import entry, os_error_line
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
-from diffdenoise.diffusion import Bridge, Predictive, objective_of
-from diffdenoise.losses import build_loss
-from diffdenoise.model import model_for
+from diffdenoise.models.factory import model_for
+from diffdenoise.models.losses import build_loss
+from diffdenoise.models.objectives import Bridge, Predictive, objective_of
 from diffdenoise.run import (
     RunDirError,
     Tracker,

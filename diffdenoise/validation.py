@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from diffdenoise import __version__, checkpoint, distrib
-from diffdenoise.diffusion import Predictive
-from diffdenoise.metrics import score
+from diffdenoise.models.metrics import score
+from diffdenoise.models.objectives import Predictive
 
 if TYPE_CHECKING:
     from diffdenoise.train import Run

@@ -43,7 +43,7 @@ def ckpt(tmp_path_factory):
     """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
     from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
-    from diffdenoise.model import build_model
+    from diffdenoise.models.factory import build_model
 
     cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
     torch.manual_seed(0)

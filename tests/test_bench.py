@@ -12,7 +12,7 @@ import torch
 from diffdenoise import bench, bench_process, quality
 from diffdenoise.config import loading as config
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.model import build_model
+from diffdenoise.models.factory import build_model
 
 
 def test_sequential_baseline_is_the_seed_mode():
@@ -170,10 +170,10 @@ def test_steps_table_and_its_pesq_check():
 
 def test_step_systems_share_the_model_and_change_only_the_steps():
     from diffdenoise import quality_steps
-    from diffdenoise.diffusion import Bridge
+    from diffdenoise.models.objectives import Bridge
 
     cfg = config.load(["configs/tiny.yaml"], ["diffusion.objective=bridge"])
-    from diffdenoise.model import model_for
+    from diffdenoise.models.factory import model_for
 
     base = Denoiser(model_for(cfg), 16000, objective=Bridge(0.5), steps=4)
     systems = quality_steps.step_systems("b", base)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffdenoise.config import loading as config
-from diffdenoise.losses import build_loss
-from diffdenoise.model import build_model
+from diffdenoise.models.factory import build_model
+from diffdenoise.models.losses import build_loss
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

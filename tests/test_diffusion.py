@@ -9,9 +9,9 @@ from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.diffusion import TIME_SCALE, Bridge, Predictive, objective_of
-from diffdenoise.losses import build_loss
-from diffdenoise.model import build_model, model_for
+from diffdenoise.models.factory import build_model, model_for
+from diffdenoise.models.losses import build_loss
+from diffdenoise.models.objectives import TIME_SCALE, Bridge, Predictive, objective_of
 from diffdenoise.step import train_step
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 from diffdenoise import evaluate
 from diffdenoise.baseline import wiener
 from diffdenoise.data.noise import mix_at_snr, pink
-from diffdenoise.metrics import pesq_wb, si_sdr, stoi
+from diffdenoise.models.metrics import pesq_wb, si_sdr, stoi
 from tests.helpers import make_shards
 
 

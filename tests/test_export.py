@@ -102,7 +102,7 @@ def test_export_refuses_a_non_causal_checkpoint_in_one_line(ckpt, tmp_path):
 def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
     from diffdenoise.config import loading as config
     from diffdenoise.export import OnnxDenoiser, export
-    from diffdenoise.model import build_model
+    from diffdenoise.models.factory import build_model
 
     cfg = config.load([config.find_config("realtime")], ["model.spectral.suppress_scale=1.0"])
     model = build_model(cfg.model, 16000).eval()

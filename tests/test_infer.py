@@ -9,7 +9,7 @@ import torch
 
 from diffdenoise import Denoiser, denoise_audio, infer
 from diffdenoise.data.noise import mix_at_snr, pink
-from diffdenoise.metrics import si_sdr
+from diffdenoise.models.metrics import si_sdr
 from tests.helpers import write_speech
 
 
@@ -206,7 +206,7 @@ def test_a_spectral_model_hears_segments_of_8_s_or_its_crop(ckpt, tmp_path):
     than the 0.5 s training crop, a better estimate (see SPECTRAL_SEGMENT_S)."""
     from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
-    from diffdenoise.model import build_model
+    from diffdenoise.models.factory import build_model
 
     cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
     weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
@@ -226,7 +226,7 @@ def spectral_checkpoint(folder, bias: float):
     from -bias to +bias across the bins (so it lowers some gains and raises others)."""
     from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
-    from diffdenoise.model import build_model
+    from diffdenoise.models.factory import build_model
 
     cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
     model = build_model(cfg.model, cfg.data.sample_rate)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffdenoise.losses import STFT, DenoiseLoss, MultiResolutionSTFTLoss, STFTLoss
+from diffdenoise.models.losses import STFT, DenoiseLoss, MultiResolutionSTFTLoss, STFTLoss
 
 RES = [(256, 64, 256), (512, 128, 512)]
 
@@ -87,7 +87,7 @@ def test_shape_mismatch_is_clear():
 def test_sisdr_term_is_capped_and_only_present_when_weighted():
     import torch
 
-    from diffdenoise.losses import DenoiseLoss, si_sdr
+    from diffdenoise.models.losses import DenoiseLoss, si_sdr
 
     torch.manual_seed(0)
     clean = torch.randn(2, 1, 4000)

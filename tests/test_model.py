@@ -1,12 +1,9 @@
 import pytest
 import torch
 
-from diffdenoise.model import (
-    AudioDiffusionModel,
-    count_parameters,
-    gflops_per_second,
-    sinusoidal_embedding,
-)
+from diffdenoise.models.blocks import sinusoidal_embedding
+from diffdenoise.models.factory import count_parameters, gflops_per_second
+from diffdenoise.models.unet import AudioDiffusionModel
 
 SMALL = dict(depth=3, channels=8, kernel_size=8, stride=4, time_dim=16)
 

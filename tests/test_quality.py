@@ -6,7 +6,7 @@ import pytest
 
 from diffdenoise import demo_data
 from diffdenoise.denoiser import Denoiser
-from diffdenoise.metrics import si_sdr
+from diffdenoise.models.metrics import si_sdr
 from tests.distributed import python_run
 from tests.helpers import make_shards
 

@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 
 from diffdenoise import demo_data
-from diffdenoise.causal import CausalSpectralModel
 from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.config import loading as config
-from diffdenoise.metrics import si_sdr
-from diffdenoise.model import build_model, model_for
+from diffdenoise.models.causal import CausalSpectralModel
+from diffdenoise.models.factory import build_model, model_for
+from diffdenoise.models.metrics import si_sdr
 from diffdenoise.realtime import StreamingDenoiser
 from tests.distributed import ROOT
 
@@ -240,7 +240,7 @@ def test_stream_refuses_in_one_line_before_any_work(
 
 @pytest.mark.parametrize("n_fft", [15, 16, 256, 768])
 def test_factored_dft_is_torch_fft(n_fft):
-    from diffdenoise.causal import FactoredDft
+    from diffdenoise.models.causal import FactoredDft
 
     dft, x = FactoredDft(n_fft), torch.randn(3, n_fft)
     spec = torch.fft.rfft(x)

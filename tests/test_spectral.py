@@ -6,9 +6,9 @@ import torch
 
 from diffdenoise import demo_data
 from diffdenoise.config import loading as config
-from diffdenoise.metrics import si_sdr
-from diffdenoise.model import build_model
-from diffdenoise.spectral import (
+from diffdenoise.models.factory import build_model
+from diffdenoise.models.metrics import si_sdr
+from diffdenoise.models.spectral import (
     GAIN_EPS,
     SpectralMaskModel,
     corrected_gain,
@@ -188,7 +188,7 @@ def test_prior_tracking_follows_noise_that_grows_and_leaves_steady_noise_alone()
 
 KERNEL_CHECK = """
 import torch
-from diffdenoise import kernels
+from diffdenoise.models import kernels
 torch.manual_seed(0)
 for shape in [(2, 769, 251), (1, 3, 1), (3, 0, 5)]:
     post = torch.rand(shape) * 20
@@ -221,8 +221,8 @@ def test_fused_decision_directed_kernel_equals_the_torch_loop():
 
 COMPILED_CHECK = """
 import torch
-from diffdenoise import kernels
-from diffdenoise.spectral import SpectralMaskModel
+from diffdenoise.models import kernels
+from diffdenoise.models.spectral import SpectralMaskModel
 assert kernels.INTERPRETED  # decision_directed takes the GPU's path: the Triton kernel
 torch.manual_seed(0)
 model = SpectralMaskModel(16000, hidden=16, layers=1, time_dim=8)
@@ -254,7 +254,7 @@ def test_compiled_spectral_model_runs_the_triton_kernel_between_its_graphs():
 
 
 def test_decision_directed_gain_follows_the_posterior_snr():
-    from diffdenoise.kernels import decision_directed
+    from diffdenoise.models.kernels import decision_directed
 
     post = torch.tensor([[1.0, 1.0, 100.0, 100.0, 100.0, 1.0, 1.0, 1.0]])
     gains = decision_directed(post, 0.98)

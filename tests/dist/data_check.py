@@ -13,8 +13,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from diffdenoise.data import pipeline as data
-from diffdenoise.losses import DenoiseLoss
-from diffdenoise.model import AudioDiffusionModel
+from diffdenoise.models.losses import DenoiseLoss
+from diffdenoise.models.unet import AudioDiffusionModel
 
 
 def main(shard_dir: str, out: str, workers: int) -> None:

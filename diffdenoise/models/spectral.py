@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffdenoise import kernels
-from diffdenoise.model import check_input, sinusoidal_embedding
+from diffdenoise.models import kernels
+from diffdenoise.models.blocks import check_input, sinusoidal_embedding
 
 # Minimum statistics: the minimum of a smoothed periodogram underestimates the mean noise
 # power; this factor brings it back for stationary noise (measured on white noise with the

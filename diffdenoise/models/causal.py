@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffdenoise.kernels import decision_directed
-from diffdenoise.model import check_input, sinusoidal_embedding
-from diffdenoise.spectral import (
+from diffdenoise.models.blocks import check_input, sinusoidal_embedding
+from diffdenoise.models.kernels import decision_directed
+from diffdenoise.models.spectral import (
     DD_SMOOTHING,
     SMOOTH_FRAMES,
     corrected_gain,
