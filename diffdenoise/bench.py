@@ -177,10 +177,10 @@ def bench_overhead(work: Path) -> dict:
     from accelerate import Accelerator
     from torch_ema import ExponentialMovingAverage
 
-    from diffdenoise.run import tracker_for
-    from diffdenoise.schedule import build_scheduler
-    from diffdenoise.step import LogWindow, ema_update, train_step
-    from diffdenoise.train import TrainState
+    from diffdenoise.training.loop import TrainState
+    from diffdenoise.training.run import tracker_for
+    from diffdenoise.training.schedule import build_scheduler
+    from diffdenoise.training.step import LogWindow, ema_update, train_step
 
     cfg = config.load([config.find_config("default")], ["log.wandb_mode=disabled"])
     batch = {"noisy": torch.randn(4, 1, 48000) * 0.1, "t": torch.zeros(4, dtype=torch.long)}

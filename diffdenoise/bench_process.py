@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from diffdenoise.bench import row
-from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
 from diffdenoise.models.factory import build_model
+from diffdenoise.training.checkpoint import save_best
 
 # --- B3: CPU scaling ---------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise.checkpoint import CheckpointError, load_best
 from diffdenoise.common.files import atomic_path
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
@@ -32,6 +31,7 @@ from diffdenoise.models.objectives import Bridge, Predictive, objective_of
 from diffdenoise.models.spectral import SpectralMaskModel
 from diffdenoise.realtime import StreamingDenoiser
 from diffdenoise.stream import overlap_add, resample_stream, resampled_length
+from diffdenoise.training.checkpoint import CheckpointError, load_best
 
 MODES = ("overlap", "seed")
 # A spectral model estimates the noise from the quietest fifth of a segment's frames: the

@@ -25,7 +25,6 @@ import webdataset as wds
 from tqdm import tqdm
 
 from diffdenoise.baseline import wiener
-from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import entry
 from diffdenoise.common.files import atomic_path
 from diffdenoise.common.progress import progress
@@ -33,6 +32,7 @@ from diffdenoise.data import audio, noise, room
 from diffdenoise.data.pipeline import DataError, expand_urls
 from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
 from diffdenoise.models.metrics import METRICS, score
+from diffdenoise.training.checkpoint import CheckpointError
 
 EVAL_SEED = 20240917
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import check_writable, entry, os_error_line
 from diffdenoise.data import audio
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.models.causal import CausalSpectralModel, FactoredDft
+from diffdenoise.training.checkpoint import CheckpointError
 
 # onnxscript's optimizer takes "+ 1e-10" for "+ 0" and drops it (the log of a silent frame
 # became NaN); onnxruntime optimises the graph when it loads it anyway.

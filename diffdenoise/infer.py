@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import entry, number
 from diffdenoise.common.progress import progress
 from diffdenoise.data import audio
 from diffdenoise.denoiser import MODES, WRITE_FORMATS, Denoiser, add_share_args, shares_of
+from diffdenoise.training.checkpoint import CheckpointError
 
 SUFFIX = "_denoised"
 # Each step is a network call per segment: the bridge is trained for a handful (default 4),

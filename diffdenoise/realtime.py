@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.common.cli import check_writable, number, same_file
 from diffdenoise.data import audio
 from diffdenoise.models.causal import CausalSpectralModel
+from diffdenoise.training.checkpoint import CheckpointError
 
 # From this many frames in one call on, the frames run as one batched pass
 # (CausalSpectralModel.run_frames: 0.14 ms a frame for 10 frames, 0.07 for 100, against

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from diffdenoise import distrib, train
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
-from diffdenoise.step import LateFlag
+from diffdenoise.training import distrib
+from diffdenoise.training import loop as train
+from diffdenoise.training.step import LateFlag
 
 WARMUP_STEPS = 3  # compilation, cuDNN autotuning and the allocator settle in these
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from diffdenoise.train import main
+from diffdenoise.training.loop import main
 
 if __name__ == "__main__":
     sys.exit(main())

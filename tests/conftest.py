@@ -41,9 +41,9 @@ def trained_tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     """An untrained tiny model with random (non-identity) weights, saved as best.pt."""
-    from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
     from diffdenoise.models.factory import build_model
+    from diffdenoise.training.checkpoint import save_best
 
     cfg = config.load(["configs/tiny.yaml"], ["model.output=direct"])
     torch.manual_seed(0)

@@ -165,7 +165,7 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, text, message):
 
 
 def test_train_refuses_a_list_config_in_one_line(tmp_path, capsys):
-    from diffdenoise import train
+    from diffdenoise.training import loop as train
 
     (tmp_path / "list.yaml").write_text("- train\n")
     assert train.main([str(tmp_path / "list.yaml")]) == 2

@@ -5,14 +5,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from diffdenoise.checkpoint import save_best
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
 from diffdenoise.denoiser import Denoiser
 from diffdenoise.models.factory import build_model, model_for
 from diffdenoise.models.losses import build_loss
 from diffdenoise.models.objectives import TIME_SCALE, Bridge, Predictive, objective_of
-from diffdenoise.step import train_step
+from diffdenoise.training.checkpoint import save_best
+from diffdenoise.training.step import train_step
 
 
 def tiny(*overrides):

@@ -204,9 +204,9 @@ def test_ema_weights_by_default_raw_with_no_ema(ckpt, tmp_path):
 def test_a_spectral_model_hears_segments_of_8_s_or_its_crop(ckpt, tmp_path):
     """Its noise estimate takes the quietest fifth of a segment's frames: longer segments
     than the 0.5 s training crop, a better estimate (see SPECTRAL_SEGMENT_S)."""
-    from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
     from diffdenoise.models.factory import build_model
+    from diffdenoise.training.checkpoint import save_best
 
     cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
     weights = build_model(cfg.model, cfg.data.sample_rate).state_dict()
@@ -224,9 +224,9 @@ def test_a_spectral_model_hears_segments_of_8_s_or_its_crop(ckpt, tmp_path):
 def spectral_checkpoint(folder, bias: float):
     """An untrained tiny spectral model whose learned correction is ``bias`` logits wide,
     from -bias to +bias across the bins (so it lowers some gains and raises others)."""
-    from diffdenoise.checkpoint import save_best
     from diffdenoise.config import loading as config
     from diffdenoise.models.factory import build_model
+    from diffdenoise.training.checkpoint import save_best
 
     cfg = config.load(["configs/tiny.yaml"], ["model.family=spectral"])
     model = build_model(cfg.model, cfg.data.sample_rate)

@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf
 
 from diffdenoise import demo_data
-from diffdenoise.checkpoint import CheckpointError
 from diffdenoise.config import loading as config
 from diffdenoise.models.causal import CausalSpectralModel
 from diffdenoise.models.factory import build_model, model_for
 from diffdenoise.models.metrics import si_sdr
 from diffdenoise.realtime import StreamingDenoiser
+from diffdenoise.training.checkpoint import CheckpointError
 from tests.distributed import ROOT
 
 

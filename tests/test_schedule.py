@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from diffdenoise.schedule import WarmupOneCycle, build_scheduler
+from diffdenoise.training.schedule import WarmupOneCycle, build_scheduler
 
 
 def curve(total=1000, lr=1e-3, **kw):

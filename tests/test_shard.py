@@ -308,7 +308,7 @@ def test_verify_checks_every_size_and_hash(tmp_path, capsys):
 
 def train_refusal(tmp_path, capsys) -> str:
     """Train the tiny config on ``tmp_path/s/c``; it must refuse: its one error line."""
-    from diffdenoise import train
+    from diffdenoise.training import loop as train
 
     args = [
         "configs/tiny.yaml",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdenoise import train as train_mod
-from diffdenoise.checkpoint import load_best
+from diffdenoise.training import loop as train_mod
+from diffdenoise.training.checkpoint import load_best
 from tests.distributed import ROOT, accelerate_launch, cpu_env, python_run
 from tests.helpers import make_shards, wandb_history_keys, write_speech
 
@@ -414,7 +414,7 @@ def test_best_checkpoint_refuses_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "diffdenoise.best/1", "x": Evil()}, path)
-    from diffdenoise.checkpoint import CheckpointError
+    from diffdenoise.training.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_best(path)
@@ -586,7 +586,7 @@ def test_a_killed_rank_gives_one_line_with_the_resume_command(shards, tmp_path):
 def test_ema_update_moves_toward_the_weights_and_skips_a_bad_step():
     from torch_ema import ExponentialMovingAverage
 
-    from diffdenoise.step import ema_update
+    from diffdenoise.training.step import ema_update
 
     net = torch.nn.Linear(3, 2)
     ema = ExponentialMovingAverage(net.parameters(), decay=0.9, use_num_updates=False)
@@ -628,8 +628,8 @@ def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
 
     from accelerate import Accelerator
 
-    from diffdenoise import checkpoint, distrib
     from diffdenoise.config import loading as config
+    from diffdenoise.training import checkpoint, distrib
 
     steps = [
         "checkpoint.every=2",

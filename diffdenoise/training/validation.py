@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffdenoise import __version__, checkpoint, distrib
+from diffdenoise import __version__
 from diffdenoise.models.metrics import score
 from diffdenoise.models.objectives import Predictive
+from diffdenoise.training import checkpoint, distrib
 
 if TYPE_CHECKING:
-    from diffdenoise.train import Run
+    from diffdenoise.training.state import Run
 
 
 @torch.no_grad()

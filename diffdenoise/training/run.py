@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from diffdenoise import checkpoint
 from diffdenoise.models.objectives import Predictive
+from diffdenoise.training import checkpoint
 
 RUN_NAME_SKIP = ("train.resume", "train.run_name", "train.runs_dir")
 

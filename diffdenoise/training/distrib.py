@@ -24,8 +24,8 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
-from diffdenoise import checkpoint
 from diffdenoise.common.cli import INTERRUPTED_EXIT
+from diffdenoise.training import checkpoint
 
 PREEMPTED_MARKER = "PREEMPTED"
 
