@@ -7,9 +7,9 @@ __version__ = "0.1.0"
 # Imported on first use: importing them here would load diffdenoise.stream with the
 # package, and `python -m diffdenoise.stream` would then warn that it ran a module twice.
 _LAZY = {
-    "Denoiser": "diffdenoise.denoiser",
-    "denoise_audio": "diffdenoise.denoiser",
-    "StreamingDenoiser": "diffdenoise.realtime",
+    "Denoiser": "diffdenoise.inference.denoiser",
+    "denoise_audio": "diffdenoise.inference.denoiser",
+    "StreamingDenoiser": "diffdenoise.inference.realtime",
 }
 __all__ = ["Denoiser", "StreamingDenoiser", "__version__", "denoise_audio"]
 

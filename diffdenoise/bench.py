@@ -26,7 +26,7 @@ from diffdenoise.config import loading as config
 from diffdenoise.data import audio
 from diffdenoise.data import pipeline as data
 from diffdenoise.data import sharding as shard
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import build_model, count_parameters, gflops_per_second, model_for
 from diffdenoise.models.objectives import objective_of
 

@@ -26,7 +26,7 @@ from diffdenoise import demo_data
 from diffdenoise.bench import _quiet, row
 from diffdenoise.config import loading as config
 from diffdenoise.data import sharding as shard
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import build_model, gflops_per_second, model_for
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets.

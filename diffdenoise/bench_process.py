@@ -58,7 +58,7 @@ def bench_scaling(work: Path, shards16: Path) -> dict:
 
 PEAK_SCRIPT = """
 import sys
-from diffdenoise import infer
+from diffdenoise.inference import infer
 code = infer.main(sys.argv[1:])
 # VmHWM: this process's own peak (ru_maxrss would include the parent's RSS at fork time)
 hwm = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]

@@ -18,7 +18,7 @@ import torch
 
 from diffdenoise import demo_data
 from diffdenoise.config import loading as config
-from diffdenoise.realtime import StreamingDenoiser, stream_file
+from diffdenoise.inference.realtime import StreamingDenoiser, stream_file
 
 RATE, SECONDS, CHUNK_MS = 48000, 10, 10.0
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "causal" / "quality.json"
@@ -87,7 +87,7 @@ def onnx_figures(model, wave: np.ndarray) -> dict:
     try:
         import onnxruntime as ort
 
-        from diffdenoise.export import OnnxDenoiser, export
+        from diffdenoise.inference.export import OnnxDenoiser, export
     except ImportError:
         return {"error": "onnxruntime missing: pip install 'diffdenoise[export]'"}
     options = ort.SessionOptions()

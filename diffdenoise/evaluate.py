@@ -30,7 +30,8 @@ from diffdenoise.common.files import atomic_path
 from diffdenoise.common.progress import progress
 from diffdenoise.data import audio, noise, room
 from diffdenoise.data.pipeline import DataError, expand_urls
-from diffdenoise.denoiser import Denoiser, add_share_args, shares_of
+from diffdenoise.inference.denoiser import Denoiser
+from diffdenoise.inference.loading import add_share_args, shares_of
 from diffdenoise.models.metrics import METRICS, score
 from diffdenoise.training.checkpoint import CheckpointError
 

@@ -29,7 +29,7 @@ from diffdenoise.baseline import wiener
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import model_for
 from diffdenoise.models.objectives import objective_of
 from diffdenoise.quality_data import QualityData, prepare, recorded_parts

@@ -11,7 +11,7 @@ import torch
 
 from diffdenoise import bench, bench_process, quality
 from diffdenoise.config import loading as config
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import build_model
 
 

@@ -7,7 +7,7 @@ from accelerate import Accelerator
 
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import build_model, model_for
 from diffdenoise.models.losses import build_loss
 from diffdenoise.models.objectives import TIME_SCALE, Bridge, Predictive, objective_of

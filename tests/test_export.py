@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from diffdenoise import demo_data
-from diffdenoise.realtime import StreamingDenoiser
+from diffdenoise.inference.realtime import StreamingDenoiser
 from tests.distributed import ROOT
 
 ort = pytest.importorskip("onnxruntime")
@@ -41,7 +41,7 @@ def torch_offline(checkpoint, x: np.ndarray) -> np.ndarray:
 
 
 def test_offline_graph_matches_torch_for_any_length(graphs, causal_checkpoint):
-    from diffdenoise.export import OnnxDenoiser
+    from diffdenoise.inference.export import OnnxDenoiser
 
     onnx = OnnxDenoiser(graphs["offline"])
     assert onnx.sample_rate == 16000 and onnx.meta["latency_ms"] == 16.0
@@ -101,7 +101,7 @@ def test_export_refuses_a_non_causal_checkpoint_in_one_line(ckpt, tmp_path):
 
 def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
     from diffdenoise.config import loading as config
-    from diffdenoise.export import OnnxDenoiser, export
+    from diffdenoise.inference.export import OnnxDenoiser, export
     from diffdenoise.models.factory import build_model
 
     cfg = config.load([config.find_config("realtime")], ["model.spectral.suppress_scale=1.0"])
@@ -120,7 +120,7 @@ def test_the_graph_applies_the_suppress_share_as_torch_does(tmp_path):
 
 
 def test_export_takes_the_shares_the_graph_keeps(causal_checkpoint, tmp_path):
-    from diffdenoise.export import OnnxDenoiser
+    from diffdenoise.inference.export import OnnxDenoiser
 
     payload = torch.load(causal_checkpoint, weights_only=True)
     bins = payload["ema_model"]["out.bias"].numel()

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffdenoise import Denoiser, denoise_audio, infer
+from diffdenoise import Denoiser, denoise_audio
 from diffdenoise.data.noise import mix_at_snr, pink
+from diffdenoise.inference import infer
 from diffdenoise.models.metrics import si_sdr
 from tests.helpers import write_speech
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffdenoise import demo_data
-from diffdenoise.denoiser import Denoiser
+from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.metrics import si_sdr
 from tests.distributed import python_run
 from tests.helpers import make_shards

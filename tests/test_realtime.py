@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from diffdenoise import demo_data
 from diffdenoise.config import loading as config
+from diffdenoise.inference.realtime import StreamingDenoiser
 from diffdenoise.models.causal import CausalSpectralModel
 from diffdenoise.models.factory import build_model, model_for
 from diffdenoise.models.metrics import si_sdr
-from diffdenoise.realtime import StreamingDenoiser
 from diffdenoise.training.checkpoint import CheckpointError
 from tests.distributed import ROOT
 
@@ -149,7 +149,7 @@ def test_frames_run_in_one_pass_equal_frames_stepped_one_by_one(lookahead_ms):
 def test_files_through_a_causal_checkpoint_are_one_stream_per_channel(causal_checkpoint):
     """``Denoiser`` (``infer -c``, ``evaluate``, ``make quality``) hears a causal model's
     input as one stream, as it is heard live, not as segments that each start cold."""
-    from diffdenoise.denoiser import Denoiser
+    from diffdenoise.inference.denoiser import Denoiser
 
     denoiser = Denoiser.from_checkpoint(causal_checkpoint, device="cpu")
     assert denoiser.segment == 8000  # 0.5 s: the file below is five segments long
@@ -219,7 +219,7 @@ def test_stream_cli_writes_the_file_and_prints_latency_and_chunk_times(causal_ch
 def test_stream_refuses_in_one_line_before_any_work(
     causal_checkpoint, tmp_path, capsys, case, extra, message
 ):
-    from diffdenoise import stream
+    from diffdenoise.inference import realtime as stream
 
     src, dst, missing = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "no" / "o.wav"
     wave = np.full(1600, 0.1, np.float32)

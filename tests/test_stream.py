@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffdenoise import Denoiser
-from diffdenoise.stream import mirrored, plan_segments, resample_stream, segment_window
+from diffdenoise.inference.overlap import mirrored, plan_segments, resample_stream, segment_window
 
 
 class Identity(torch.nn.Module):

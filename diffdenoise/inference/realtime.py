@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise.common.cli import check_writable, number, same_file
+from diffdenoise.common.cli import check_writable, entry, number, same_file
 from diffdenoise.data import audio
+from diffdenoise.inference.loading import model_from_checkpoint
 from diffdenoise.models.causal import CausalSpectralModel
 from diffdenoise.training.checkpoint import CheckpointError
 
@@ -44,8 +45,6 @@ class StreamingDenoiser:
     @classmethod
     def from_checkpoint(cls, path: str | Path, ema: bool = True, threads: int | None = None):
         """A streamer for ``best.pt`` of a ``model.causal`` run; ``threads`` sets torch's."""
-        from diffdenoise.denoiser import model_from_checkpoint
-
         if threads:
             torch.set_num_threads(threads)
         model, cfg = model_from_checkpoint(path, ema)
@@ -153,6 +152,7 @@ def read_input(path: Path) -> tuple[np.ndarray, int]:
     return wave, rate
 
 
+@entry
 def main(argv: list[str] | None = None) -> int:
     """``python -m diffdenoise.stream IN OUT -c CKPT --chunk-ms 10``."""
     args = parse_args(argv)
