@@ -1,8 +1,9 @@
-"""``python -m diffdenoise.metrics``: the command; its code is :mod:`diffdenoise.models.metrics`."""
+"""``python -m diffdenoise.metrics``: the command; its code is
+:mod:`diffdenoise.evaluation.compare`."""
 
 import sys
 
-from diffdenoise.models.metrics import main
+from diffdenoise.evaluation.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import evaluate, quality_steps
-from diffdenoise.baseline import wiener
+from diffdenoise import quality_steps
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
+from diffdenoise.evaluation import evaluate
+from diffdenoise.evaluation.baseline import wiener
 from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import model_for
 from diffdenoise.models.objectives import objective_of

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import evaluate
-from diffdenoise.baseline import wiener
 from diffdenoise.data.noise import mix_at_snr, pink
+from diffdenoise.evaluation import evaluate
+from diffdenoise.evaluation.baseline import wiener
 from diffdenoise.models.metrics import pesq_wb, si_sdr, stoi
 from tests.helpers import make_shards
 

@@ -1,7 +1,5 @@
 """Signal metrics: SI-SDR on tensors or arrays, and wideband PESQ and STOI on arrays.
 
-``python -m diffdenoise.metrics CLEAN FILE...`` scores files against a clean reference.
-
 PESQ is defined at 8 and 16 kHz, so wideband PESQ resamples to 16 kHz first. It raises on
 silent or too-short audio; :func:`pesq_wb` returns NaN for those instead, and callers
 count them rather than crash.
@@ -9,14 +7,11 @@ count them rather than crash.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 
 import numpy as np
 import torch
 
-from diffdenoise.common.cli import entry
 from diffdenoise.config import schema
 
 PESQ_RATE = 16000
@@ -70,32 +65,3 @@ def score(estimate: np.ndarray, reference: np.ndarray, rate: int, names) -> dict
 
 
 METRICS = schema.METRICS
-
-
-@entry
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffdenoise.metrics", description=__doc__)
-    p.add_argument("reference", help="the clean file")
-    p.add_argument("files", nargs="+", help="files to score against it (same rate)")
-    args = p.parse_args(argv)
-    from diffdenoise.data import audio
-
-    try:
-        ref, rate = audio.read(args.reference)
-        for path in args.files:
-            est, est_rate = audio.read(path)
-            if est_rate != rate or est.shape[-1] != ref.shape[-1]:
-                raise audio.AudioError(f"{path}: rate or length differs from {args.reference}")
-            values = score(audio.to_mono(est), audio.to_mono(ref), rate, METRICS)
-            print(
-                f"{path}: SI-SDR {values['si_sdr']:6.2f} dB  PESQ {values['pesq']:.3f}  "
-                f"STOI {values['stoi']:.3f}"
-            )
-    except (audio.AudioError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
