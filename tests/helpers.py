@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.data import sharding as shard
 
 

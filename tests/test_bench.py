@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import bench, bench_process, quality
+from diffdenoise.bench import process as bench_process
+from diffdenoise.bench import quality
+from diffdenoise.bench import suite as bench
 from diffdenoise.config import loading as config
 from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.factory import build_model
@@ -81,7 +83,7 @@ def test_quality_verdicts_follow_the_targets():
 def test_quality_data_holds_out_test_speech_and_one_noise(tmp_path):
     import soundfile as sf
 
-    from diffdenoise import quality_data
+    from diffdenoise.bench import quality_data
     from tests.helpers import make_corpus
 
     speech = make_corpus(tmp_path / "speech", n=12, seconds=1.0)
@@ -113,7 +115,7 @@ def test_gpu_figures_say_clearly_when_there_is_no_gpu(tmp_path):
 
 
 def test_quality_data_names_a_missing_folder(tmp_path):
-    from diffdenoise import quality_data
+    from diffdenoise.bench import quality_data
 
     with pytest.raises(SystemExit, match=f"error: {tmp_path / 'none'}: speech folder not found"):
         quality_data.prepare(tmp_path / "none", tmp_path, tmp_path / "w", 16000)
@@ -126,7 +128,7 @@ def test_quality_data_names_a_missing_folder(tmp_path):
 
 def test_gpu_bench_reads_its_figures_from_a_real_training_run(tmp_path):
     """What ``bench --gpu`` runs for each config, here on the CPU with the tiny config."""
-    from diffdenoise import bench_gpu
+    from diffdenoise.bench import gpu as bench_gpu
     from tests.helpers import make_shards
 
     shards = make_shards(tmp_path, n=8, extra=["--format", "pcm16"])
@@ -156,7 +158,7 @@ def test_quality_recipes_layer_files_and_overrides():
 
 
 def test_steps_table_and_its_pesq_check():
-    from diffdenoise import quality_steps
+    from diffdenoise.bench import quality_steps
 
     means = {f"b@{n}": {"si_sdr": 10.0 + n, "pesq": p, "stoi": 0.9} for n, p in
              zip(quality_steps.STEPS, (2.0, 2.1, 2.3, 2.2))}  # fmt: skip
@@ -169,7 +171,7 @@ def test_steps_table_and_its_pesq_check():
 
 
 def test_step_systems_share_the_model_and_change_only_the_steps():
-    from diffdenoise import quality_steps
+    from diffdenoise.bench import quality_steps
     from diffdenoise.models.objectives import Bridge
 
     cfg = config.load(["configs/tiny.yaml"], ["diffusion.objective=bridge"])

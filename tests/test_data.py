@@ -301,7 +301,7 @@ def test_mixer_without_augmentations_draws_the_same_stream_as_before():
 
 
 def test_planned_rooms_reverberate_the_clean_target_and_depend_on_the_example_alone():
-    from diffdenoise import demo_data
+    from diffdenoise.bench import demo_data
 
     speech = demo_data.utterance(np.random.default_rng(7), 1.5, 16000)
     dry = np.concatenate([speech, np.zeros(8000, np.float32)])  # then 0.5 s of silence
@@ -329,7 +329,7 @@ def test_planned_rooms_reverberate_the_clean_target_and_depend_on_the_example_al
 
 
 def test_speech_eq_shapes_the_clean_target_smoothly_and_keeps_its_level():
-    from diffdenoise import demo_data
+    from diffdenoise.bench import demo_data
     from diffdenoise.data import mixing
 
     speech = demo_data.utterance(np.random.default_rng(3), 1.0, 16000)

@@ -35,7 +35,7 @@ def test_metrics_on_known_signals():
 
 
 def write_speech_array(seconds, rate=16000):
-    from diffdenoise import demo_data
+    from diffdenoise.bench import demo_data
 
     return demo_data.utterance(np.random.default_rng(7), seconds, rate)
 

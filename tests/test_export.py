@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.inference.realtime import StreamingDenoiser
 from tests.distributed import ROOT
 

@@ -32,6 +32,6 @@ def test_quality_causal_compares_realtime_with_default_into_bench_causal():
     out = dry_run("quality-causal", "CLEAN_DIR=my/speech", "NOISE_DIR=my/noise")
     line = out.replace("\\\n", " ")
     assert "--recipes default,realtime --out bench/causal" in line  # where bench B17 reads
-    from diffdenoise.bench_realtime import QUALITY
+    from diffdenoise.bench.realtime import QUALITY
 
     assert QUALITY.parent.name == "causal" and QUALITY.parent.parent.name == "bench"

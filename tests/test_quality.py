@@ -4,7 +4,7 @@ speech clean. A quality regression that nothing else would notice fails here."""
 import numpy as np
 import pytest
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.models.metrics import si_sdr
 from tests.distributed import python_run

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import quality, quality_data
+from diffdenoise.bench import quality, quality_data
 from diffdenoise.data import noise
 
 

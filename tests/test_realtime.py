@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.config import loading as config
 from diffdenoise.inference.realtime import StreamingDenoiser
 from diffdenoise.models.causal import CausalSpectralModel

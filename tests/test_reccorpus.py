@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffdenoise import reccorpus
+from diffdenoise.bench import reccorpus
 
 
 def tone(seconds: float, rate: int, dc: float = 0.0) -> np.ndarray:

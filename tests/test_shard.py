@@ -243,7 +243,7 @@ def test_split_is_deterministic():
 
 
 def test_demo_data_is_deterministic(tmp_path):
-    from diffdenoise import demo_data
+    from diffdenoise.bench import demo_data
 
     a = demo_data.generate(tmp_path / "a", 0.1, seed=3)
     b = demo_data.generate(tmp_path / "b", 0.1, seed=3, workers=2)  # same bytes in parallel

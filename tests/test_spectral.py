@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.config import loading as config
 from diffdenoise.models.factory import build_model
 from diffdenoise.models.metrics import si_sdr

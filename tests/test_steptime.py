@@ -1,6 +1,6 @@
 import re
 
-from diffdenoise import steptime
+from diffdenoise.bench import steptime
 from tests.helpers import make_shards
 
 

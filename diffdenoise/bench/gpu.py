@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import demo_data
-from diffdenoise.bench import _quiet, row
+from diffdenoise.bench import demo_data
+from diffdenoise.bench.common import quiet, row
 from diffdenoise.config import loading as config
 from diffdenoise.data import sharding as shard
 from diffdenoise.inference.denoiser import Denoiser
@@ -43,7 +43,7 @@ def build_shards(work: Path, minutes: float = 10, rate: int = 48000) -> Path:
     demo_data.generate(src, minutes, seed=0, rate=rate, workers=os.cpu_count() or 1)
     args = [str(src), "--name", "gpu", "--out", str(work), "--sample-rate", str(rate)]
     args += ["--format", "pcm16", "--val-fraction", "0.05", "--workers", str(os.cpu_count())]
-    _quiet(shard.main, args)
+    quiet(shard.main, args)
     return work / "gpu"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise.bench import _quiet, make_corpus, row, timed
+from diffdenoise.bench.common import make_corpus, quiet, row, timed
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
 from diffdenoise.data import pipeline as data
@@ -33,7 +33,7 @@ def format_shards(work: Path) -> dict[str, Path]:
         out[fmt] = work / "formats" / fmt
         if not (out[fmt] / "manifest.json").exists():
             args = [str(src), "--name", fmt, "--out", str(out[fmt].parent), "--format", fmt]
-            _quiet(shard.main, [*args, "--sample-rate", str(RATE), "--max-seconds", "10"])
+            quiet(shard.main, [*args, "--sample-rate", str(RATE), "--max-seconds", "10"])
     return out
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import demo_data
+from diffdenoise.bench.common import make_corpus, quiet, row, timed
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
@@ -31,41 +31,13 @@ from diffdenoise.models.factory import build_model, count_parameters, gflops_per
 from diffdenoise.models.objectives import objective_of
 
 
-def row(bid, figure, value, target, passed, **details) -> dict:
-    return {
-        "id": bid,
-        "figure": figure,
-        "value": value,
-        "target": target,
-        "pass": passed,
-        **details,
-    }
-
-
-def timed(fn, repeat: int = 1) -> float:
-    """Median wall seconds of ``fn()`` over ``repeat`` calls."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def make_corpus(work: Path, minutes: float, rate: int) -> Path:
-    src = work / f"corpus{rate}"
-    if not src.exists():
-        demo_data.generate(src, minutes, seed=7, rate=rate)
-    return src
-
-
 def demo_shards(work: Path) -> Path:
     """Ten minutes of the demo corpus at 16 kHz, sharded as ``make shards`` does."""
     out = work / "shards16" / "demo"
     if not (out / "manifest.json").exists():
         src = make_corpus(work, 10, 16000)
         args = [str(src), "--name", "demo", "--out", str(out.parent), "--val-fraction", "0.1"]
-        _quiet(shard.main, [*args, "--max-seconds", "4", "--shard-mb", "2"])
+        quiet(shard.main, [*args, "--max-seconds", "4", "--shard-mb", "2"])
     return out
 
 
@@ -92,7 +64,7 @@ def bench_sharding(work: Path) -> tuple[dict, Path]:
             out = work / f"shards{workers}"
             args = [str(src), "--name", "b", "--out", str(out), "--sample-rate", "48000"]
             args += ["--workers", str(workers), "--shard-mb", "8", "--val-fraction", "0.1"]
-            times[workers].append(timed(lambda a=args: _quiet(shard.main, a)))
+            times[workers].append(timed(lambda a=args: quiet(shard.main, a)))
     t1, t2 = min(times[1]), min(times[2])
     rate1 = seconds / 3600 / (t1 / 3600)  # audio-hours per hour, one worker
     ratio = t1 / t2
@@ -102,14 +74,6 @@ def bench_sharding(work: Path) -> tuple[dict, Path]:
         ratio >= 1.6, two_worker_ratio=round(ratio, 2), corpus_seconds=round(seconds, 1),
     )  # fmt: skip
     return result, work / "shards2" / "b"
-
-
-def _quiet(fn, *args):
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn(*args)
 
 
 # --- B1: loader throughput ---------------------------------------------------------------
@@ -177,9 +141,9 @@ def bench_overhead(work: Path) -> dict:
     from accelerate import Accelerator
     from torch_ema import ExponentialMovingAverage
 
-    from diffdenoise.training.loop import TrainState
     from diffdenoise.training.run import tracker_for
     from diffdenoise.training.schedule import build_scheduler
+    from diffdenoise.training.state import TrainState
     from diffdenoise.training.step import LogWindow, ema_update, train_step
 
     cfg = config.load([config.find_config("default")], ["log.wandb_mode=disabled"])
@@ -336,8 +300,8 @@ def table(rows: list[dict]) -> str:
 
 
 def run_cpu(work: Path, only: set[str]) -> list[dict]:
-    from diffdenoise import bench_data
-    from diffdenoise.bench_process import bench_memory, bench_scaling
+    from diffdenoise.bench import data as bench_data
+    from diffdenoise.bench.process import bench_memory, bench_scaling
 
     torch.set_num_threads(2)
     rows = []
@@ -368,7 +332,7 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
     if want("B11"):
         rows.append(bench_data.bench_data_wait(work, bench_data.format_shards(work)["flac"]))
     if any(want(f"B{i}") for i in range(12, 18)):
-        from diffdenoise.bench_realtime import bench_realtime
+        from diffdenoise.bench.realtime import bench_realtime
 
         rows.extend(r for r in bench_realtime() if want(r["id"]))
     return sorted(rows, key=lambda r: int(r["id"][1:]))
@@ -384,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
         if args.gpu:
-            from diffdenoise.bench_gpu import run_gpu
+            from diffdenoise.bench.gpu import run_gpu
 
             rows = run_gpu(Path(tmp))
         else:

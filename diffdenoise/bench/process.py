@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffdenoise.bench import row
+from diffdenoise.bench.common import row
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio
 from diffdenoise.models.factory import build_model

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdenoise import demo_data
+from diffdenoise.bench import demo_data
 from diffdenoise.config import loading as config
 from diffdenoise.inference.realtime import StreamingDenoiser, stream_file
 
 RATE, SECONDS, CHUNK_MS = 48000, 10, 10.0
-QUALITY = Path(__file__).resolve().parents[1] / "bench" / "causal" / "quality.json"
+QUALITY = Path(__file__).resolve().parents[2] / "bench" / "causal" / "quality.json"
 
 
 def realtime_model():
@@ -41,7 +41,7 @@ def test_audio() -> np.ndarray:
 
 
 def bench_realtime() -> list[dict]:
-    from diffdenoise.bench import row
+    from diffdenoise.bench.common import row
 
     model, wave = realtime_model(), test_audio()
     live = StreamingDenoiser(model, RATE)
@@ -121,7 +121,7 @@ def quality_row() -> dict:
     """The causal model against the non-causal default on speech at the same CPU budget,
     as ``make quality-causal`` recorded it in bench/causal/quality.json (it trains for
     half an hour: not rerun here)."""
-    from diffdenoise.bench import row
+    from diffdenoise.bench.common import row
 
     if not QUALITY.exists():
         return row("B17", "quality cost of causality on speech", None, "reported", None,
