@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -213,3 +214,37 @@ def verify_main(argv: list[str]) -> int:
     total = sum(len(split["shards"]) for split in manifest["splits"].values())
     print(f"{argv[0]}: {total - len(problems)} of {total} shards intact")
     return 1 if problems else 0
+
+
+def build_manifest(args, sinks, skipped, n_files, part, parts) -> dict:
+    """The manifest of one sharding run (or ``--part``): its splits' shards and totals."""
+    splits = {}
+    for name, sink in sinks.items():
+        splits[name] = {
+            "samples": sum(s["samples"] for s in sink.shards),
+            "seconds": round(sum(s["seconds"] for s in sink.shards), 3),
+            "shards": sink.shards,
+        }
+    return {
+        "name": args.name,
+        "kind": "paired" if args.noisy_dir else args.kind,
+        "sample_rate": args.sample_rate,
+        "format": args.format,
+        "files": n_files,
+        "skipped": skipped,
+        "splits": splits,
+        "part": f"{part}/{parts}",
+        "command": shlex.join(["python", "-m", "diffdenoise.shard", *args.argv]),
+    }
+
+
+def remove_stale(out: Path, tag: str, manifest: dict) -> None:
+    """Drop shards of this part left by an earlier, larger run of the same command."""
+    keep = {s["file"] for sp in manifest["splits"].values() for s in sp["shards"]}
+    for split in manifest["splits"]:
+        for path in out.glob(f"{split}{tag}[0-9]*.tar"):
+            if path.name not in keep:
+                path.unlink()
+    for split in manifest["splits"]:  # only this part's: other parts may be writing now
+        for tmp in out.glob(f".{split}{tag}[0-9]*.tar.tmp"):
+            tmp.unlink()

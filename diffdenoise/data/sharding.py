@@ -23,7 +23,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shlex
 import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +36,14 @@ from tqdm import tqdm
 from diffdenoise.common.cli import entry, os_reason
 from diffdenoise.common.progress import progress
 from diffdenoise.data import audio, shardwriter
-from diffdenoise.data.manifest import MANIFEST, merge, verify_main, write_json_atomic
+from diffdenoise.data.manifest import (
+    MANIFEST,
+    build_manifest,
+    merge,
+    remove_stale,
+    verify_main,
+    write_json_atomic,
+)
 
 SILENT_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to learn from
 
@@ -198,11 +204,11 @@ def _pack(args, root: Path, noisy_root: Path | None, out: Path, part: int, parts
     tag = f"-p{part:05d}" if parts > 1 else ""
     jobs = [(rel, root, noisy_root, opt, split_of(rel, args.val_fraction)) for rel in files]
     layouts = write_shards(jobs, out, tag, args, skipped)
-    manifest = _manifest(args, layouts, skipped, len(files), part, parts)
+    manifest = build_manifest(args, layouts, skipped, len(files), part, parts)
     if parts == 1 and not any(sp["samples"] for sp in manifest["splits"].values()):
         raise SystemExit(f"error: {root}: no usable audio, so no manifest was written: "
                          f"{nothing_usable(len(files), skipped)}")  # fmt: skip
-    _remove_stale(out, f"{tag}-", manifest)
+    remove_stale(out, f"{tag}-", manifest)
     name = MANIFEST if parts == 1 else f"manifest.part-{part:05d}-of-{parts:05d}.json"
     write_json_atomic(out / name, manifest)
     return manifest
@@ -307,39 +313,6 @@ def _parse_part(text: str) -> tuple[int, int]:
     except (ValueError, AssertionError):
         raise SystemExit(f"error: --part {text!r} must be I/N with 0 <= I < N") from None
     return i, n
-
-
-def _manifest(args, sinks, skipped, n_files, part, parts) -> dict:
-    splits = {}
-    for name, sink in sinks.items():
-        splits[name] = {
-            "samples": sum(s["samples"] for s in sink.shards),
-            "seconds": round(sum(s["seconds"] for s in sink.shards), 3),
-            "shards": sink.shards,
-        }
-    return {
-        "name": args.name,
-        "kind": "paired" if args.noisy_dir else args.kind,
-        "sample_rate": args.sample_rate,
-        "format": args.format,
-        "files": n_files,
-        "skipped": skipped,
-        "splits": splits,
-        "part": f"{part}/{parts}",
-        "command": shlex.join(["python", "-m", "diffdenoise.shard", *args.argv]),
-    }
-
-
-def _remove_stale(out: Path, tag: str, manifest: dict) -> None:
-    """Drop shards of this part left by an earlier, larger run of the same command."""
-    keep = {s["file"] for sp in manifest["splits"].values() for s in sp["shards"]}
-    for split in manifest["splits"]:
-        for path in out.glob(f"{split}{tag}[0-9]*.tar"):
-            if path.name not in keep:
-                path.unlink()
-    for split in manifest["splits"]:  # only this part's: other parts may be writing now
-        for tmp in out.glob(f".{split}{tag}[0-9]*.tar.tmp"):
-            tmp.unlink()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -37,6 +37,17 @@ def noise_banks(cfg, mixer, urls: list[str], device) -> tuple:
     return mixer, bank, babble
 
 
+def shard_stats(cfg, urls: list[str]) -> dict:
+    """The training shards' manifest totals; their sample rate must be the config's."""
+    stats = data.manifest_stats(urls)
+    if stats["sample_rates"] != [cfg.data.sample_rate]:
+        raise data.DataError(
+            f"{cfg.data.train_shards}: shards are {stats['sample_rates']} Hz but "
+            f"data.sample_rate is {cfg.data.sample_rate}; reshard or change the config"
+        )
+    return stats
+
+
 def build_data(cfg, rank: int, world: int, device):
     """Turn the config into the training-stream factory, validation factory and sizes.
 
@@ -44,12 +55,7 @@ def build_data(cfg, rank: int, world: int, device):
     them on ``device`` with ``stats["render"]``. Validation batches come mixed.
     """
     urls = data.expand_urls(cfg.data.train_shards)
-    stats = data.manifest_stats(urls)
-    if stats["sample_rates"] != [cfg.data.sample_rate]:
-        raise data.DataError(
-            f"{cfg.data.train_shards}: shards are {stats['sample_rates']} Hz but "
-            f"data.sample_rate is {cfg.data.sample_rate}; reshard or change the config"
-        )
+    stats = shard_stats(cfg, urls)
     val_urls = data.expand_urls(cfg.data.val_shards)
     stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
     bridge = cfg.diffusion.objective == "bridge"

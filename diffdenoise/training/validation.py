@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffdenoise import __version__
+from diffdenoise.common.version import VERSION
 from diffdenoise.models.metrics import score
 from diffdenoise.models.objectives import Predictive
 from diffdenoise.training import checkpoint, distrib
@@ -82,7 +82,7 @@ def best_payload(run: Run, epoch: int, val: dict) -> dict:
         "val_loss": val["total"],
         "val": val,
         "config": run.plain_cfg,
-        "version": __version__,
+        "version": VERSION,
     }
 
 
