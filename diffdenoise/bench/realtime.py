@@ -1,7 +1,7 @@
 """Real-time figures for ``make bench`` (B12-B17): ``configs/realtime.yaml`` at 48 kHz.
 
 Speed is measured on one thread, frame by frame, as a live host would run it: the torch
-:class:`~diffdenoise.realtime.StreamingDenoiser` fed 10 ms chunks, and the exported
+:class:`~diffdenoise.inference.realtime.StreamingDenoiser` fed 10 ms chunks, and the exported
 streaming graph in onnxruntime fed one frame per call. The weights are random (the
 compute is that of a trained model); the quality row reads the recorded speech run.
 """

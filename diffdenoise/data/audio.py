@@ -131,7 +131,7 @@ def wav_layout(data) -> tuple[int, int, int, np.dtype] | None:
     """Where the samples of a mono 16-bit or float WAV lie: ``(byte offset, frames, rate,
     dtype)``; None for any other audio, which :func:`decode` then hands to libsndfile.
 
-    ``data`` is bytes or anything sliced like bytes (a :class:`diffdenoise.tarindex.Member`
+    ``data`` is bytes or anything sliced like bytes (a :class:`diffdenoise.data.tarindex.Member`
     reads only the slices asked for).
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -160,7 +160,7 @@ class Encoded:
 
     A 16-bit or float WAV is sliced from the bytes directly (scaled as libsndfile scales
     it); anything else goes to libsndfile, and FLAC seeks, so a 1 s crop of a 10 s chunk
-    decodes only about 1 s. ``data`` is bytes or a :class:`diffdenoise.tarindex.Member`,
+    decodes only about 1 s. ``data`` is bytes or a :class:`diffdenoise.data.tarindex.Member`,
     of which only the slices asked for are read.
     """
 

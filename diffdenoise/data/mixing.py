@@ -2,7 +2,7 @@
 
 Loader workers only read and crop clean audio and draw each example's *plan*: a few
 numbers saying which noise, where in the noise bank, which EQ, which SNR and gain (see
-:meth:`diffdenoise.mixer.Mixer.plan`). This module turns a batch of plans into noisy audio
+:meth:`diffdenoise.data.mixer.Mixer.plan`). This module turns a batch of plans into noisy audio
 on the device the model trains on (a GPU; the CPU in tests): white noise from per-example
 seeded generators, colour and EQ as one batched FFT, recorded noise sliced out of a
 resident bank, an optional loudness envelope, an optional room around the clean speech

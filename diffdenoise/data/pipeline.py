@@ -100,7 +100,7 @@ def stack(waves) -> torch.Tensor:
 def collate(examples: list[tuple]) -> dict:
     """``(clean, stored noisy or None, plan, key, url)`` examples -> a batch: ``clean``
     ``(batch, 1, time)``, the stored ``noisy`` twins (or None), the noise ``plan``
-    tensors, ``t``, ``snr``; :func:`diffdenoise.mixing.render` mixes it on the device."""
+    tensors, ``t``, ``snr``; :func:`diffdenoise.data.mixing.render` mixes it on the device."""
     clean, stored, plans, keys, urls = zip(*examples)
     noisy = None
     if any(s is not None for s in stored):

@@ -224,7 +224,7 @@ def nothing_usable(n_files: int, skipped: list[dict]) -> str:
 
 def write_shards(jobs: list, out: Path, tag: str, args, skipped: list) -> dict:
     """Encode ``jobs`` in the workers, which also write the shards; returns the splits'
-    :class:`~diffdenoise.shardwriter.ShardLayout` and adds skipped files to ``skipped``."""
+    :class:`~diffdenoise.data.shardwriter.ShardLayout` and adds skipped files to ``skipped``."""
     spools = shardwriter.SpoolFiles(out / f".spool{tag}")
     try:
         return _encode_and_lay_out(jobs, out, tag, args, skipped, spools)

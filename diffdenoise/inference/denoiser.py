@@ -6,7 +6,7 @@ neighbouring audio, denoise them in batches, join them by overlap-add with unity
 cross-fades, and resample back. Each channel is denoised on its own.
 
 A causal model (``model.causal``) instead hears each channel as one continuous stream,
-as it would live (:class:`~diffdenoise.realtime.StreamingDenoiser`): its noise statistics
+as it would live (:class:`~diffdenoise.inference.realtime.StreamingDenoiser`): its noise statistics
 and recurrent state carry on through the file. Cut into segments, each would start cold,
 and on held-out speech that cost 1.8 dB SI-SDR (+2.85 against +4.68; ``bench/causal``).
 """

@@ -33,7 +33,7 @@ BATCHED_FRAMES = 3
 
 
 class StreamingDenoiser:
-    """Feeds a :class:`~diffdenoise.causal.CausalSpectralModel` one frame at a time; keeps
+    """Feeds a :class:`~diffdenoise.models.causal.CausalSpectralModel` one frame at a time; keeps
     its state (input history, noise statistics, convolution frames, GRU, overlap-add)."""
 
     def __init__(self, model: CausalSpectralModel, sample_rate: int, timestep: int = 0):

@@ -15,11 +15,11 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     """The one place a config turns into a model.
 
     ``model.family: unet`` gives ``AudioDiffusionModel(**cfg.model)``; ``spectral`` gives a
-    :class:`~diffdenoise.spectral.SpectralMaskModel` whose STFT is sized for ``sample_rate``.
+    :class:`~diffdenoise.models.spectral.SpectralMaskModel` whose STFT is sized for ``sample_rate``.
     ``conditioned`` (a bridge objective) adds the noisy input beside the state.
     ``model.spectral_norm`` wraps the convolutions (:func:`apply_spectral_norm`).
     ``model.causal`` gives the spectral family's causal form,
-    :class:`~diffdenoise.causal.CausalSpectralModel`, with ``model.lookahead_ms``.
+    :class:`~diffdenoise.models.causal.CausalSpectralModel`, with ``model.lookahead_ms``.
     """
     kwargs = dict(cfg_model)
     family, spectral = kwargs.pop("family", "unet"), kwargs.pop("spectral", {})
