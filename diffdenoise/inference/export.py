@@ -5,7 +5,8 @@ DFTs as small matrix products (:class:`~diffdenoise.models.causal.FactoredDft`):
 
 - offline (default): ``blocks (frames, 1, hop)`` -> ``(frames, 1, hop)``, the step scanned
   over a dynamic number of frames (an ONNX ``Scan``); :class:`OnnxDenoiser` pads a file
-  into blocks and trims the result, as :class:`~diffdenoise.inference.realtime.StreamingDenoiser` does;
+  into blocks and trims the result, as
+  :class:`~diffdenoise.inference.realtime.StreamingDenoiser` does;
 - ``--streaming``: ``samples (1, hop)`` and every state tensor in, ``out (1, hop)`` and
   ``next_<state>`` out, for a host that keeps the state between frames.
 
