@@ -173,3 +173,19 @@ def test_train_refuses_a_list_config_in_one_line(tmp_path, capsys):
         f"error: {tmp_path / 'list.yaml'}: must be a mapping of sections (data:, model:, ...), "
         "not a list"
     ]
+
+
+def test_the_configuration_reference_is_the_schema():
+    """docs/configuration.md is generated; a key added to the schema without its line of
+    help, or a changed default, fails here until the page is written again."""
+    from pathlib import Path
+
+    from diffdenoise.config import help, reference
+
+    leaves = [key for key, _ in reference.keys(schema.Config)]
+    assert sorted(leaves) == sorted(help.HELP), "every schema key needs exactly one HELP line"
+    page = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert page.read_text() == reference.render(), (
+        "docs/configuration.md is stale: python -m diffdenoise.config.reference > "
+        "docs/configuration.md"
+    )

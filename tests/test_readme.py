@@ -16,7 +16,7 @@ import pytest
 from diffdenoise.config import loading as config
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md"]
+DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def shell_blocks(text: str) -> list[str]:
@@ -48,6 +48,20 @@ def help_text(module: str, sub: str = "") -> str:
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, f"{' '.join(args)} failed: {proc.stderr[-300:]}"
     return proc.stdout
+
+
+def test_the_readme_is_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert len((ROOT / "bench" / "README.md").read_text().splitlines()) <= 300
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+
+
+def test_relative_links_in_the_docs_lead_to_files():
+    for doc in DOCS:
+        for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name} links {target}, which is missing"
 
 
 def test_the_readme_shows_commands_of_each_kind():
