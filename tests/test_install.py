@@ -64,7 +64,7 @@ def test_bench_runs_installed_with_its_shipped_configs(installed, tmp_path):
     where = run(
         installed,
         "-c",
-        "from diffdenoise import config; print(config.find_config('tiny'))",
+        "from diffdenoise.config import loading; print(loading.find_config('tiny'))",
         cwd=tmp_path,
     )
     assert str(ROOT) not in where.stdout and "share/diffdenoise/configs/tiny.yaml" in where.stdout

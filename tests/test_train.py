@@ -672,6 +672,21 @@ def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
     assert f"resumed from {states[0]} at step 2" in proc.stdout
 
 
+def start_training(args: list[str], run_dir: Path) -> subprocess.Popen:
+    """A training process in a session of its own (a Ctrl-C reaches its whole group, loader
+    workers included), returned once it has logged three steps."""
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args], cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.2)
+    return proc
+
+
 def test_ctrl_c_saves_and_resumes_exactly_and_a_second_run_cannot_share_the_folder(
     shards, tmp_path
 ):
@@ -679,16 +694,7 @@ def test_ctrl_c_saves_and_resumes_exactly_and_a_second_run_cannot_share_the_fold
               "log.every=1", "train.run_name=r"]  # fmt: skip
     python_run([TRAIN, *args_for(shards, tmp_path / "a", *common)])
     runs = tmp_path / "b"
-    proc = subprocess.Popen(  # a session of its own: Ctrl-C reaches its whole group
-        [sys.executable, TRAIN, *args_for(shards, runs, *common)], cwd=ROOT, env=cpu_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    metrics = runs / "r" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
-    ):
-        time.sleep(0.2)
+    proc = start_training(args_for(shards, runs, *common), runs / "r")
     second = python_run([TRAIN, *args_for(shards, runs, *common)], check=False)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
@@ -764,16 +770,7 @@ def test_flac_and_pcm16_shards_in_one_glob_and_files_shorter_than_the_crop(tmp_p
 def test_a_second_ctrl_c_exits_at_once_without_saving(shards, tmp_path):
     common = ["train.max_steps=100000", "train.max_epochs=0", "train.val_every=100000",
               "checkpoint.every=100000", "log.every=1", "train.run_name=r"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, *args_for(shards, tmp_path, *common)], cwd=ROOT, env=cpu_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    metrics = tmp_path / "r" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
-    ):
-        time.sleep(0.2)
+    proc = start_training(args_for(shards, tmp_path, *common), tmp_path / "r")
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.02)  # two signals pending at once are one; a save takes far longer
     os.killpg(proc.pid, signal.SIGINT)
