@@ -195,3 +195,50 @@ def test_realtime_rows_measure_the_realtime_config(tmp_path):
     assert rows["B13"]["value"] <= 1e-5  # streamed = offline, whatever the machine's speed
     assert rows["B16"]["value"] > 0 and rows["B16"]["offline_graph_rtf"] > 0
     assert rows["B17"]["pass"] is None  # a recorded comparison, reported
+
+
+def profiled(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.events()
+
+
+def test_launch_count_counts_leaf_ops_and_each_fused_region_once():
+    from diffdenoise.bench.launches import count_launches
+    from diffdenoise.models.kernels import ONE_LAUNCH, decision_directed_torch
+
+    x = torch.rand(4, 50) + 0.5
+
+    def work():
+        y = x * 2 + 1  # two launches: mul, add
+        with torch.profiler.record_function(ONE_LAUNCH):  # ten ops, one kernel on a GPU
+            for _ in range(5):
+                y = y * 1.0001 + 0.1
+        decision_directed_torch(y, 0.98)  # 50 frames of the recursion: one kernel too
+
+    total, by_name = count_launches(profiled(work))
+    assert by_name[ONE_LAUNCH] == 2  # and one each for the mul and the add outside
+    assert total == 4
+
+
+def test_launch_count_takes_a_gru_as_one_call_each_way():
+    from diffdenoise.bench.launches import count_launches
+
+    gru = torch.nn.GRU(8, 8, batch_first=True)
+    x = torch.randn(2, 40, 8)
+
+    def forward_backward():
+        out, _ = gru(x)
+        out.sum().backward()
+
+    total, by_name = count_launches(profiled(forward_backward))
+    assert by_name["aten::gru"] == 1 and by_name["fused backward"] == 1
+    assert total < 20  # 40 steps of a CPU GRU are hundreds of operators
+
+
+def test_launches_per_step_row_reports_the_default_step():
+    from diffdenoise.bench.launches import BASELINE, bench_launches
+
+    result = bench_launches()
+    assert result["id"] == "B18" and 0 < result["value"] <= 2 * BASELINE
+    assert result["pass"] == (result["value"] <= BASELINE // 4)

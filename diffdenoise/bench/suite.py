@@ -335,6 +335,10 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
         from diffdenoise.bench.realtime import bench_realtime
 
         rows.extend(r for r in bench_realtime() if want(r["id"]))
+    if want("B18"):
+        from diffdenoise.bench.launches import bench_launches
+
+        rows.append(bench_launches())
     return sorted(rows, key=lambda r: int(r["id"][1:]))
 
 
