@@ -655,6 +655,12 @@ def test_no_file_of_a_saved_state_can_run_code(shards, tmp_path):
         with pytest.raises(checkpoint.CheckpointError, match=f"refused: {name} holds pickled"):
             distrib.load_state(acc, probe, run, built.extras)
         assert not marker.exists(), name
+    legacy = tmp_path / "legacy"  # a state written before this check: refused, unread
+    shutil.copytree(states[-1], legacy)
+    plant(legacy / "custom_checkpoint_0.pkl", marker)
+    with pytest.raises(checkpoint.CheckpointError, match="written by an older diffdenoise"):
+        distrib.load_state(acc, legacy, run, built.extras)
+    assert not marker.exists()
     # a real resume: an explicit state with a payload stops with one line ...
     plant(tmp_path / "probe-optimizer.bin" / "progress.pt", marker)
     explicit = f"train.resume={tmp_path / 'probe-optimizer.bin'}"

@@ -230,6 +230,12 @@ def _check_rng(acc: Accelerator, path: Path) -> None:
 def load_state(acc: Accelerator, path: Path, run_dir: Path, extras: dict) -> None:
     """Load a saved state without unpickling anything but plain data (:func:`safe_load`
     for the files read here; Accelerate reads the weights with ``weights_only=True``)."""
+    if any(path.glob("custom_checkpoint_*.pkl")):  # written before states were plain data
+        raise checkpoint.CheckpointError(
+            f"{path}: saved state refused: it was written by an older diffdenoise whose "
+            "custom_checkpoint_*.pkl files can only be read by unpickling objects; its "
+            "run's best.pt still loads"
+        )
     try:
         _check_rng(acc, path)
         for name, obj in extras.items():
