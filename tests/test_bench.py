@@ -30,7 +30,8 @@ def test_bench_cli_writes_results(tmp_path):
     assert bench.main(["--only", "B6", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     names = [r["figure"] for r in report["rows"]]
-    rates = {"bridge": 48000, "default": 48000, "large": 48000, "realtime": 48000, "seed": 48000}
+    rates = {"bridge": 48000, "default": 48000, "gpu": 48000, "large": 48000, "realtime": 48000}
+    rates["seed"] = 48000
     rates["tiny"] = 16000
     assert names == [f"model cost: {c}.yaml ({r} Hz)" for c, r in rates.items()]
     bridge, default = report["rows"][:2]

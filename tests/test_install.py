@@ -56,10 +56,11 @@ def test_infer_help_runs_installed(installed, tmp_path):
 
 
 def test_bench_runs_installed_with_its_shipped_configs(installed, tmp_path):
-    run(installed, "-m", "diffdenoise.bench.suite", "--only", "B6", "--out", "b.json", cwd=tmp_path)
+    run(installed, "-m", "diffdenoise.bench", "--only", "B6", "--out", "b.json", cwd=tmp_path)
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["figure"].split(":")[1].split()[0] for r in rows] == [
-        "bridge.yaml", "default.yaml", "large.yaml", "realtime.yaml", "seed.yaml", "tiny.yaml",
+        "bridge.yaml", "default.yaml", "gpu.yaml", "large.yaml", "realtime.yaml", "seed.yaml",
+        "tiny.yaml",
     ]  # fmt: skip
     where = run(
         installed,

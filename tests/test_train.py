@@ -759,9 +759,11 @@ def test_flac_and_pcm16_shards_in_one_glob_and_files_shorter_than_the_crop(tmp_p
         "train.val_every=3",
         "log.every=1",
         "train.run_name=mixed",
+        "train.auto_batch=true",  # no GPU here: the configured batch, and a line saying so
     ]
     proc = python_run([TRAIN, *args])
     assert "finished at step 6" in proc.stdout
+    assert "train.auto_batch needs a GPU; batch 4 as configured" in proc.stdout
     rows = [json.loads(x) for x in (tmp_path / "runs/mixed/metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["train/total"]) for r in rows if "train/total" in r)
     manifests = [

@@ -83,6 +83,8 @@ HELP = {
     "optim.max_grad_norm": "gradient clipping norm; 0 = off",
     "optim.ema": "keep fp32 EMA weights for validation and export",
     "optim.ema_decay": "EMA decay per step",
+    "optim.lr_reference_batch": "the batch `optim.lr` was chosen at: an auto-sized batch "
+    "scales lr by sqrt(batch / this); 0 = `train.batch_size`",
     "schedule.warmup_pct": "linear warm-up share of the steps",
     "schedule.pct_start": "OneCycle's rising share",
     "schedule.div_factor": "OneCycle's first lr is lr / div_factor",
@@ -102,6 +104,9 @@ HELP = {
     "train.max_bad_steps": "stop after this many non-finite steps in a row",
     "train.sync_every": "ranks agree on stopping and signals every N steps",
     "train.val_metrics": "extra validation metrics: si_sdr, pesq, stoi",
+    "train.auto_batch": "on a GPU, raise the batch to the largest that fits "
+    "`train.memory_share` of its memory (doubling from `train.batch_size`)",
+    "train.memory_share": "share of the GPU's memory an auto-sized batch may use",
     "log.wandb_mode": "`offline`, `online` or `disabled`",
     "log.project": "W&B project",
     "log.entity": "W&B entity (team); empty = your default",

@@ -118,6 +118,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     ema: bool = True
     ema_decay: float = 0.999
+    lr_reference_batch: int = 0
 
 
 @dataclass
@@ -145,6 +146,8 @@ class TrainConfig:
     max_bad_steps: int = 20
     sync_every: int = 10
     val_metrics: list[str] = field(default_factory=list)
+    auto_batch: bool = False
+    memory_share: float = 0.8
 
 
 @dataclass
@@ -243,6 +246,8 @@ RANGES = {
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
     ),
     "optim.lr": POSITIVE,
+    "optim.lr_reference_batch": (0, None, True, True),
+    "train.memory_share": (0, 1, False, True),
     "diffusion.sigma": AT_LEAST_0,
     **dict.fromkeys(["diffusion.t_min", "diffusion.t_max"], SHARE),
     "diffusion.steps": AT_LEAST_1,

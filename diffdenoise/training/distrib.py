@@ -156,6 +156,15 @@ def sum_over_ranks(acc: Accelerator, value: float) -> float:
     return t.item()
 
 
+def min_over_ranks(acc: Accelerator, value: int) -> int:
+    """The smallest ``value`` of any rank (no collective with one process)."""
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([float(value)], device=acc.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def budget_steps(acc: Accelerator, minutes: float, state, step_times: list[float]) -> int:
     """Total steps that fit a wall-clock budget, from step times measured after warm-up.
 

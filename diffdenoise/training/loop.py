@@ -21,7 +21,7 @@ from tqdm import tqdm
 from diffdenoise.common.cli import entry, os_error_line
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
-from diffdenoise.training import checkpoint, distrib
+from diffdenoise.training import batch_size, checkpoint, distrib
 from diffdenoise.training.builders import build_data, build_run, planned_steps
 from diffdenoise.training.run import RunDirError, prepare_run_dir, run_dir_for, unlock_run_dirs
 from diffdenoise.training.schedule import set_total_steps
@@ -71,6 +71,7 @@ def count_step(run: Run, step: int, bad: bool | None, max_bad_steps: int) -> Non
 def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     """Train until a limit or a preemption; returns the process exit code."""
     acc = distrib.setup(cfg, run_dir)
+    cfg = auto_batch(cfg, acc, run_dir)
     world, ga = acc.num_processes, cfg.train.grad_accum
     train_batches, val_batches, per_epoch, stats = build_data(
         cfg, acc.process_index, world, acc.device
@@ -143,6 +144,19 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     )
     run.tracker.finish()  # may end the process group: nothing collective after this
     return exit_code
+
+
+def auto_batch(cfg, acc: Accelerator, run_dir: Path):
+    """``train.auto_batch``: the config with the batch and lr the GPU's memory allows."""
+    budget = 0.0
+    if acc.device.type == "cuda":
+        budget = cfg.train.memory_share * torch.cuda.get_device_properties(acc.device).total_memory
+    peak = batch_size.cuda_peak_bytes(cfg, acc.device, acc.autocast)
+    agree = partial(distrib.min_over_ranks, acc)
+    cfg, note = batch_size.resolve(cfg, run_dir, peak, budget, agree, acc.is_main_process)
+    if note:
+        distrib.say(acc, note)
+    return cfg
 
 
 def optimizer_step(run: Run, micro: list[dict], cfg, flags: LateFlag):
