@@ -1,12 +1,17 @@
 """GPU figures for ``python -m diffdenoise.bench --gpu``: the real pipeline on one GPU.
 
-It builds its own shards (the demo corpus, 48 kHz pcm16), then trains ``default.yaml`` and
-``large.yaml`` in bf16, each without and with ``torch.compile``, through
-``python -m diffdenoise.train`` with its real loader (``data.num_workers=auto``) for a fixed
-number of steps. From each run's ``metrics.jsonl``: audio-s/s, the share of step time spent
-waiting for data, model FLOP utilisation against the GPU's dense bf16 peak, peak memory,
-and audio-hours of training per GPU-hour. Then inference: real-time factor, and batched
-overlap-add against segment-by-segment.
+It builds its own shards (the demo corpus, 48 kHz pcm16), then follows :data:`PLAN`:
+``default.yaml`` at batch 8, 32, 128 and 512, eager and compiled, ``large.yaml`` eager and
+compiled, and ``gpu.yaml`` (its auto-sized batch), each through ``python -m
+diffdenoise.train`` with its real loader for :data:`STEPS` steps (figures from the
+windows after the first 30). From each run's ``metrics.jsonl``: audio-s/s, the share of
+step time spent waiting for data, model FLOP utilisation against the GPU's dense bf16
+peak, peak memory, and audio-hours of training per GPU-hour. Then inference: real-time
+factor, and batched overlap-add against segment-by-segment.
+
+The whole plan has a time budget (8 minutes by default): a run still going when it runs
+out is stopped, the runs after it are listed as not run, and the rows measured so far are
+written after every run, so a bench cut short still leaves its table.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from diffdenoise.models.factory import build_model, gflops_per_second, model_for
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
-RUNS = [("default", False), ("default", True), ("large", False), ("large", True)]
+# (config, compiled, batch; 0 = the config's own) in the order they run: the cheapest and
+# most telling first, so a bench cut short still has them.
+PLAN = [
+    ("default", False, 8), ("default", False, 128), ("default", True, 128),
+    ("large", False, 0), ("large", True, 0), ("gpu", False, 0),
+    ("default", False, 32), ("default", False, 512), ("default", True, 8),
+]  # fmt: skip
+STEPS = 330  # 300 logged after the first 30, which hold the warm-up and compilation
+WARMUP_WINDOWS = 3  # log windows of 10 steps left out
 
 
 def peak_tflops(name: str) -> float | None:
@@ -53,8 +66,9 @@ def last_error_line(stderr: str) -> str:
     return (lines or ["?"])[-1][:300]
 
 
-def train_run(work, shards, name, compiled, steps, extra=()) -> dict:
-    """Train one config for ``steps`` steps; its throughput figures after warm-up."""
+def train_run(work, shards, name, compiled, steps, extra=(), timeout=None) -> dict:
+    """Train one config for ``steps`` steps; its throughput figures after warm-up (an
+    ``error`` instead when it fails or ``timeout`` seconds run out)."""
     cfg_file = config.find_config(name)
     runs = work / f"runs-{name}-{int(compiled)}"
     args = [
@@ -66,13 +80,16 @@ def train_run(work, shards, name, compiled, steps, extra=()) -> dict:
     ]  # fmt: skip
     env = dict(os.environ, WANDB_SILENT="true")
     started = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "diffdenoise.train", *args], env=env, capture_output=True, text=True
-    )
+    try:
+        proc = subprocess.run([sys.executable, "-m", "diffdenoise.train", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": "cut short: the bench's time budget ran out during this run"}
     if proc.returncode != 0:
         return {"error": last_error_line(proc.stderr)}
     lines = (next(runs.iterdir()) / "metrics.jsonl").read_text().splitlines()
-    windows = [json.loads(x) for x in lines if "train/audio_s_per_s" in x][2:]  # warmed up
+    windows = [json.loads(x) for x in lines if "train/audio_s_per_s" in x]
+    windows = windows[WARMUP_WINDOWS:] or windows[-1:]  # warmed up
     speed = statistics.median(w["train/audio_s_per_s"] for w in windows)
     cfg = config.load([cfg_file], list(extra))
     gflops = gflops_per_second(model_for(cfg), cfg.data.sample_rate)
@@ -104,21 +121,38 @@ def inference_figures(device: str, seconds: int = 120) -> dict:
     return {"rtf": round(rtf[32], 5), "batched_speedup": round(rtf[1] / rtf[32], 2)}
 
 
-def run_gpu(work: Path, device: str = "cuda", steps: int = 60, runs=RUNS, extra=()) -> list:
+def run_plan(work, shards, device_name, plan=PLAN, steps=STEPS, minutes=8.0, extra=(),
+             on_row=None) -> list[dict]:  # fmt: skip
+    """G1 rows of ``plan``, within ``minutes``; ``on_row(rows)`` after every run."""
+    deadline, rows = time.time() + minutes * 60, []
+    for cfg_name, compiled, batch in plan:
+        label = f"{cfg_name}.yaml{f' batch {batch}' if batch else ''}, bf16" + (
+            " + compile" if compiled else ""
+        )
+        left = deadline - time.time()
+        if left <= 0:
+            figures = {"error": "not run: the bench's time budget ran out before it"}
+        else:
+            more = [f"train.batch_size={batch}"] if batch else []
+            figures = train_run(work, shards, cfg_name, compiled, steps, [*extra, *more], left)
+        print(f"G1 {label}: {figures}", flush=True)
+        wait = figures.get("data_wait")
+        rows.append(
+            row("G1", f"train {label}, real loader, on {device_name}",
+                figures.get("audio_s_per_s"), "data wait <= 5 %",
+                None if wait is None else wait <= 0.05, **figures)
+        )  # fmt: skip
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
+def run_gpu(work: Path, device: str = "cuda", minutes: float = 8.0, on_row=None) -> list:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --gpu needs a CUDA GPU; none is visible here")
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     shards = build_shards(work)
-    rows = []
-    for cfg_name, compiled in runs:
-        figures = train_run(work, shards, cfg_name, compiled, steps, extra)
-        label = f"{cfg_name}.yaml, bf16{' + compile' if compiled else ''}"
-        print(f"G1 {label}: {figures}", flush=True)
-        wait = figures.get("data_wait")
-        rows.append(
-            row("G1", f"train {label}, real loader, on {name}", figures.get("audio_s_per_s"),
-                "data wait <= 10 %", None if wait is None else wait <= 0.10, **figures)
-        )  # fmt: skip
+    rows = run_plan(work, shards, name, minutes=minutes, on_row=on_row)
     inference = inference_figures(device)
     rows.append(
         row("G2", f"inference RTF, default 48 kHz model, batch 32, on {name}", inference["rtf"],

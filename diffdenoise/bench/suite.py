@@ -348,22 +348,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated figures, e.g. B1,B4")
     p.add_argument("--gpu", action="store_true", help="the GPU figures (needs CUDA)")
     p.add_argument("--out", type=Path, help="default bench/results.json, or bench/gpu-<GPU>.json")
+    p.add_argument("--gpu-minutes", type=float, default=8.0, help="--gpu's training budget")
     args = p.parse_args(argv)
     started = time.time()
+    if args.out is None:
+        gpu = torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else ""
+        args.out = Path("bench") / (f"gpu-{slug(gpu)}.json" if gpu else "results.json")
+
+    def write(rows: list[dict], partial: bool = False) -> dict:
+        report = {"machine": machine(), "seconds": round(time.time() - started), "rows": rows}
+        report["partial"] = partial  # true while a --gpu plan is still running
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, default=str))
+        return report
+
     with tempfile.TemporaryDirectory(prefix="diffdenoise-bench-") as tmp:
         if args.gpu:
             from diffdenoise.bench.gpu import run_gpu
 
-            rows = run_gpu(Path(tmp))
+            rows = run_gpu(Path(tmp), minutes=args.gpu_minutes,
+                           on_row=lambda rows: write(rows, partial=True))  # fmt: skip
         else:
             rows = run_cpu(Path(tmp), {b.strip() for b in args.only.split(",") if b.strip()})
     print(table(rows))
-    if args.out is None:
-        gpu = torch.cuda.get_device_name() if args.gpu else ""
-        args.out = Path("bench") / (f"gpu-{slug(gpu)}.json" if gpu else "results.json")
-    report = {"machine": machine(), "seconds": round(time.time() - started), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
+    report = write(rows)
     failed = [r["id"] for r in rows if r["pass"] is False]
     print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
           f"{report['machine']['torch']}: {report['seconds']} s; written {args.out}")  # fmt: skip
