@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from diffdenoise.common.cli import entry, os_error_line
+from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
 from diffdenoise.training import batch_size, checkpoint, distrib
@@ -148,6 +148,8 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
 
 def auto_batch(cfg, acc: Accelerator, run_dir: Path):
     """``train.auto_batch``: the config with the batch and lr the GPU's memory allows."""
+    if not cfg.train.auto_batch:  # no probe model on the device unless asked for
+        return cfg
     budget = 0.0
     if acc.device.type == "cuda":
         budget = cfg.train.memory_share * torch.cuda.get_device_properties(acc.device).total_memory
@@ -276,9 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, checkpoint.SaveError):
             err = f"{err}: free space and resume with train.resume=auto"
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # the machine's, not ours: a full disk, a read-only folder
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the loop's handler was installed: nothing to save
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)

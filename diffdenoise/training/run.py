@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -160,8 +159,9 @@ class Tracker:
         if not self.jsonl.exists():
             return
         lines = [ln for ln in self.jsonl.read_text(errors="replace").splitlines() if ln.strip()]
-        kept = [ln for ln in lines if (_step_of(ln) or math.inf) <= step]
-        unreadable = sum(_step_of(ln) is None for ln in lines)
+        steps = [_step_of(ln) for ln in lines]
+        kept = [ln for ln, at in zip(lines, steps) if at is not None and at <= step]
+        unreadable = steps.count(None)
         if unreadable:  # a line cut short by a kill, or a file edited by hand
             print(f"warning: {self.jsonl}: dropped {unreadable} unreadable line(s)", flush=True)
         self.jsonl.write_text("".join(f"{ln}\n" for ln in kept))
