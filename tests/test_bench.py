@@ -237,6 +237,22 @@ def test_launch_count_takes_a_gru_as_one_call_each_way():
     assert total < 20  # 40 steps of a CPU GRU are hundreds of operators
 
 
+def test_launch_count_takes_a_multi_tensor_op_as_one_and_cpu_casts_as_none():
+    from diffdenoise.bench.launches import count_launches
+
+    params = [torch.randn(3, 4) for _ in range(16)]
+    half = torch.randn(8).half()
+
+    def work():
+        torch._foreach_mul_(params, 0.5)  # a CPU loops over 16 tensors; CUDA: one kernel
+        half * torch.randn(8)  # a CPU casts the half input first; CUDA casts as it loads
+
+    total, by_name = count_launches(profiled(work))
+    assert by_name["aten::_foreach_mul_"] == 1 and by_name["aten::mul"] == 1
+    assert by_name["aten::copy_"] == 0
+    assert total == 3  # the foreach, the mul, and randn's normal_
+
+
 def test_launches_per_step_row_reports_the_default_step():
     from diffdenoise.bench.launches import BASELINE, bench_launches
 

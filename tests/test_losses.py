@@ -100,3 +100,17 @@ def test_sisdr_term_is_capped_and_only_present_when_weighted():
     base, base_parts = plain(noisy, clean)
     assert "neg_sisdr" not in base_parts and "neg_sisdr" in parts
     assert float(total) == pytest.approx(float(base) + 0.1 * float(parts["neg_sisdr"]), rel=1e-5)
+
+
+def test_a_term_weighted_zero_is_not_computed_and_the_total_is_unchanged():
+    torch.manual_seed(0)
+    x = speechlike()
+    est = x + 0.1 * torch.randn_like(x)
+    full = DenoiseLoss(RES, sc_weight=1.0, mag_weight=1.0, phase_weight=1.0)
+    no_mag = DenoiseLoss(RES, sc_weight=1.0, mag_weight=0.0, phase_weight=1.0)
+    total, parts = full(est, x)
+    total_no_mag, parts_no_mag = no_mag(est, x)
+    assert "stft_mag" in parts and "stft_mag" not in parts_no_mag
+    expected = (parts["stft_sc"] + parts["stft_phase"]) + 1.0 * parts["l1"]
+    assert total_no_mag.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert total_no_mag.item() < total.item()

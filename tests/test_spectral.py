@@ -317,3 +317,13 @@ def test_compile_keeps_the_recursion_in_its_graph_and_equals_eager():
     compiled.square().mean().backward()
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
     torch.testing.assert_close(model.inp.weight.grad, eager_grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7, 251, 1000])
+@pytest.mark.parametrize("q", [0.0, 0.2, 0.5, 1.0])
+def test_quantile_of_rows_is_torch_quantile(frames, q):
+    from diffdenoise.models.spectral import quantile_of_rows
+
+    values = torch.rand(4, frames, generator=torch.Generator().manual_seed(frames))
+    expected = torch.quantile(values, q, dim=1, keepdim=True)
+    assert torch.allclose(quantile_of_rows(values, q), expected, rtol=1e-6, atol=0)

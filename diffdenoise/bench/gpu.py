@@ -147,12 +147,35 @@ def run_plan(work, shards, device_name, plan=PLAN, steps=STEPS, minutes=8.0, ext
     return rows
 
 
+def launch_rows(device_name: str) -> list[dict]:
+    """G3: kernels per training step of ``default.yaml`` on the GPU, eager and compiled,
+    by the CUDA profiler, against B18's target (a quarter of the CPU baseline count)."""
+    from diffdenoise.bench.launches import BASELINE, step_launches
+
+    rows = []
+    for compiled in (False, True):
+        try:
+            counted = step_launches("default", device="cuda", compiled=compiled)
+        except Exception as exc:  # a bench row, not a crash: the other rows still count
+            counted = {"launches": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        value = counted.pop("launches")
+        label = "compiled" if compiled else "eager"
+        print(f"G3 default.yaml {label}: {value} {counted}", flush=True)
+        rows.append(
+            row("G3", f"kernels per training step, default.yaml, bf16, {label}, on {device_name}",
+                value, f"<= {BASELINE // 4} (a quarter of B18's baseline)",
+                None if value is None else value <= BASELINE // 4, **counted)
+        )  # fmt: skip
+    return rows
+
+
 def run_gpu(work: Path, device: str = "cuda", minutes: float = 8.0, on_row=None) -> list:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --gpu needs a CUDA GPU; none is visible here")
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     shards = build_shards(work)
     rows = run_plan(work, shards, name, minutes=minutes, on_row=on_row)
+    rows += launch_rows(name)
     inference = inference_figures(device)
     rows.append(
         row("G2", f"inference RTF, default 48 kHz model, batch 32, on {name}", inference["rtf"],

@@ -6,6 +6,9 @@ tensor, so the trainer can log each component separately.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,6 +17,11 @@ from torch.nn import functional as F
 POWER_EPS = 1e-12
 LOG_MAG_FLOOR = 1e-5
 SISDR_MAX_DB = 30.0
+
+
+def add_all(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Their sum, without the extra launch of adding the first to a Python zero."""
+    return functools.reduce(operator.add, tensors)
 
 
 class STFT(nn.Module):
@@ -61,18 +69,27 @@ class STFTLoss(nn.Module):
         self.sc_weight, self.mag_weight, self.phase_weight = sc_weight, mag_weight, phase_weight
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor):
+        """Returns ``(total, parts)``; a term whose weight is 0 is neither computed (its
+        launches cost GPU time for nothing) nor reported."""
         X, Y = self.stft(estimate), self.stft(target)
         px, py = X.real.square() + X.imag.square(), Y.real.square() + Y.imag.square()
         mx, my = torch.sqrt(px + POWER_EPS), torch.sqrt(py + POWER_EPS)
-        sc = torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(my).clamp_min(1e-6)
-        mag = F.l1_loss(
-            torch.log(mx.clamp_min(LOG_MAG_FLOOR)), torch.log(my.clamp_min(LOG_MAG_FLOOR))
-        )
-        dot = X.real * Y.real + X.imag * Y.imag
-        weight = mx * my
-        phase = (weight - dot).sum() / weight.sum().clamp_min(1e-6)
-        total = self.sc_weight * sc + self.mag_weight * mag + self.phase_weight * phase
-        return total, {"sc": sc, "mag": mag, "phase": phase}
+        parts = {}
+        if self.sc_weight:
+            parts["sc"] = torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(
+                my
+            ).clamp_min(1e-6)
+        if self.mag_weight:
+            parts["mag"] = F.l1_loss(
+                torch.log(mx.clamp_min(LOG_MAG_FLOOR)), torch.log(my.clamp_min(LOG_MAG_FLOOR))
+            )
+        if self.phase_weight:
+            dot = X.real * Y.real + X.imag * Y.imag
+            weight = mx * my
+            parts["phase"] = (weight - dot).sum() / weight.sum().clamp_min(1e-6)
+        weights = {"sc": self.sc_weight, "mag": self.mag_weight, "phase": self.phase_weight}
+        terms = [weights[k] * v for k, v in parts.items()]
+        return (add_all(terms) if terms else mx.new_zeros(())), parts
 
 
 class MultiResolutionSTFTLoss(nn.Module):
@@ -88,14 +105,14 @@ class MultiResolutionSTFTLoss(nn.Module):
         )
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor):
-        total, parts = 0.0, {}
+        totals, parts = [], {}
         for loss in self.losses:
             t, p = loss(estimate, target)
-            total = total + t
+            totals.append(t)
             for k, v in p.items():
-                parts[k] = parts.get(k, 0.0) + v
+                parts.setdefault(k, []).append(v)
         n = len(self.losses)
-        return total / n, {k: v / n for k, v in parts.items()}
+        return add_all(totals) / n, {k: add_all(v) / n for k, v in parts.items()}
 
 
 class DenoiseLoss(nn.Module):

@@ -50,7 +50,19 @@ def quiet_frames(power: torch.Tensor) -> torch.Tensor:
     """The quietest fifth of the frames (as the baseline Wiener filter picks them) as a
     ``(batch, 1, frames)`` weight of 0 or 1."""
     energy = power.sum(1)  # (batch, frames)
-    return (energy <= torch.quantile(energy, QUIET_FRACTION, dim=1, keepdim=True)).float()[:, None]
+    return (energy <= quantile_of_rows(energy, QUIET_FRACTION)).float()[:, None]
+
+
+def quantile_of_rows(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q, dim=1, keepdim=True)`` (linear interpolation) for a
+    ``(batch, n)`` tensor, ``-> (batch, 1)``: one sort and one lerp, where torch.quantile
+    launches about twenty small kernels checking its arguments on the device."""
+    ordered = values.sort(dim=1).values
+    rank = torch.tensor(q, dtype=values.dtype) * (values.shape[1] - 1)  # in torch's precision
+    below = int(rank)
+    above = min(below + 1, values.shape[1] - 1)
+    low, high = ordered[:, below : below + 1], ordered[:, above : above + 1]
+    return torch.lerp(low, high, float(rank - below))
 
 
 def mean_over(values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -153,6 +165,12 @@ def local_head(features: int, channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def pad_to(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """``(batch, time)`` zero-padded at the end to at least ``length`` samples (as is, with
+    no copy, when it is long enough)."""
+    return wave if wave.shape[-1] >= length else F.pad(wave, (0, length - wave.shape[-1]))
+
+
 class SpectralMaskModel(nn.Module):
     """Noisy STFT -> per-frame features -> temporal conv + GRU -> gain correction -> iSTFT.
 
@@ -232,10 +250,9 @@ class SpectralMaskModel(nn.Module):
         length = x.shape[-1]
         if t is None:
             t = torch.zeros(x.shape[0], device=x.device)
-        pad = (0, max(0, self.n_fft - length))
-        wave = F.pad(x[:, 0].float(), pad)
+        wave = pad_to(x[:, 0].float(), self.n_fft)
         spec = self.stft(wave)
-        cond_spec = None if cond is None else self.stft(F.pad(cond[:, 0].float(), pad))
+        cond_spec = None if cond is None else self.stft(pad_to(cond[:, 0].float(), self.n_fft))
         out = torch.istft(
             spec * self.gain(spec, t, cond_spec), self.n_fft, self.hop, window=self.window,
             length=wave.shape[-1],
