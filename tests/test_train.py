@@ -786,3 +786,35 @@ def test_a_second_ctrl_c_exits_at_once_without_saving(shards, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in out + err
     assert "interrupted again: exiting at once, nothing more saved" in err
     assert "state saved" not in out and not list((tmp_path / "r").glob("state/step-*"))
+
+
+def test_init_from_starts_at_the_checkpoint_with_a_fresh_optimizer(shards, tmp_path):
+    """Fine-tuning: a new run takes a finished run's EMA weights and starts its own step
+    count, optimizer and schedule; a checkpoint of another model is one line, exit 2."""
+    python_run(
+        [TRAIN, *args_for(shards, tmp_path / "a", "train.max_steps=40", "train.val_every=40")]
+    )
+    best_a = load_best(run_dir_of(tmp_path / "a") / "best.pt")
+    one_step = ["train.max_steps=1", "train.val_every=1", "optim.lr=1e-9"]
+    fresh, tuned = tmp_path / "fresh", tmp_path / "tuned"
+    python_run([TRAIN, *args_for(shards, fresh, *one_step)])
+    init = f"train.init_from={run_dir_of(tmp_path / 'a') / 'best.pt'}"
+    proc = python_run([TRAIN, *args_for(shards, tuned, *one_step, init)])
+    assert f"initialised from {init.split('=', 1)[1]} (EMA weights of step 40)" in proc.stdout
+    best_b = load_best(run_dir_of(tuned) / "best.pt")
+    for key, weight in best_a["ema_model"].items():  # lr 1e-9: the weights it started from
+        assert torch.allclose(best_b["model"][key], weight, atol=1e-6), key
+    assert best_b["step"] == 1  # its own count, optimizer and schedule
+    assert {int(s["step"]) for s in best_b["optimizer"]["state"].values()} == {1}
+    # Validation loss: where run a left off, not where a fresh model starts.
+    val_fresh = load_best(run_dir_of(fresh) / "best.pt")["val_loss"]
+    assert best_b["val_loss"] == pytest.approx(best_a["val_loss"], rel=1e-4)
+    assert abs(val_fresh - best_a["val_loss"]) > 1e-2  # 0.04 when written
+
+    other = args_for(shards, tmp_path / "c", "model.channels=8", init)
+    proc = python_run([TRAIN, *other], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {init}: its model is not this config's: model.channels" in proc.stderr
+    missing = args_for(shards, tmp_path / "d", "train.init_from=nope/best.pt")
+    proc = python_run([TRAIN, *missing], check=False)
+    assert proc.returncode == 2 and "nope/best.pt: checkpoint not found" in proc.stderr

@@ -99,6 +99,8 @@ HELP = {
     "train.compile": "torch.compile the model",
     "train.seed": "seed of weights, data order, crops and noise",
     "train.resume": "empty, `auto` (the newest intact state) or a state folder",
+    "train.init_from": "a `best.pt` whose (EMA) weights a new run starts from, with a fresh "
+    "optimizer and schedule (fine-tuning)",
     "train.run_name": "run folder name; empty = derived from the config and overrides",
     "train.runs_dir": "where run folders go",
     "train.max_bad_steps": "stop after this many non-finite steps in a row",

@@ -141,6 +141,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     resume: str = ""
+    init_from: str = ""
     run_name: str = ""
     runs_dir: str = "runs"
     max_bad_steps: int = 20

@@ -15,6 +15,8 @@ from diffdenoise.data import pipeline as data
 from diffdenoise.models.factory import model_for
 from diffdenoise.models.losses import build_loss
 from diffdenoise.models.objectives import objective_of
+from diffdenoise.training.distrib import say
+from diffdenoise.training.init_from import load_initial_weights
 from diffdenoise.training.run import tracker_for
 from diffdenoise.training.schedule import build_scheduler
 from diffdenoise.training.state import Run, TrainState
@@ -124,6 +126,9 @@ def build_run(cfg, acc: Accelerator, run_dir: Path, per_epoch: int) -> Run:
     """Model, loss, optimizer, schedule and EMA, prepared and registered for saving."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = model_for(cfg)
+    initialised = load_initial_weights(model, cfg)
+    if initialised:
+        say(acc, initialised)
     loss_fn = build_loss(cfg.loss).to(acc.device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
