@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffdenoise"
 # Lowest first: a subpackage may import its own modules and those before it, never after.
 LAYERS = ["common", "config", "data", "models", "training", "inference", "evaluation", "bench"]
 COMMANDS = ["demo_data", "evaluate", "export", "infer", "metrics", "quality", "reccorpus",
-            "shard", "steptime", "stream", "summary", "train"]  # fmt: skip
+            "shard", "steptime", "stream", "summary", "train", "tune"]  # fmt: skip
 LONG_FUNCTIONS = {("training.loop", "train")}  # the loop, written out in one place on purpose
 
 

@@ -50,7 +50,7 @@ class Mixing:
     """How clean-only audio becomes test input: the SNRs, the noise, and the room."""
 
     snrs: list[float]
-    noise_files: list[Path]
+    noise_files: list  # paths, or decoded ``((time,), rate)`` clips
     rt60: float = 0.0  # seconds; 0: the clean audio as it is
 
 
@@ -97,9 +97,13 @@ def mixed(key: str, clean: np.ndarray, rate: int, mixing: Mixing) -> Iterator[It
         yield Item(f"{key}@{snr:g}dB", clean, noisy, rate, float(snr), bucket_of(snr))
 
 
-def _noise_crop(path: Path, rate: int, length: int, rng) -> np.ndarray:
-    data, orig = audio.read(path)
-    wave = audio.resample(audio.to_mono(data), orig, rate)
+def _noise_crop(source, rate: int, length: int, rng) -> np.ndarray:
+    """A random ``length``-sample crop of a noise file, or of a decoded ``(wave, rate)``."""
+    if isinstance(source, tuple):
+        wave = audio.resample(source[0], source[1], rate)
+    else:
+        data, orig = audio.read(source)
+        wave = audio.resample(audio.to_mono(data), orig, rate)
     wave = np.tile(wave, math.ceil(length / max(len(wave), 1)) + 1)
     start = int(rng.integers(0, len(wave) - length + 1))
     return wave[start : start + length]
@@ -224,8 +228,10 @@ def markdown(summary: dict) -> str:
         for name, m in systems.items():
             cells = []
             for metric, digits in (("si_sdr", 2), ("pesq", 3), ("stoi", 3)):
-                cells.append(_fmt(m[metric], digits))
-                cells.append("" if name == "noisy" else _fmt(m[f"{metric}_delta"], digits, "+"))
+                cells.append(fmt_value(m[metric], digits))
+                cells.append(
+                    "" if name == "noisy" else fmt_value(m[f"{metric}_delta"], digits, "+")
+                )
             lines.append(f"| {bucket} | {name} | {m['n']} | " + " | ".join(cells) + " |")
     failed = summary["all"]["noisy"]["pesq_failed"]
     if failed:
@@ -233,7 +239,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value, digits: int, sign: str = "") -> str:
+def fmt_value(value, digits: int, sign: str = "") -> str:
     return "n/a" if value is None else f"{value:{sign}.{digits}f}"
 
 
