@@ -7,25 +7,75 @@ import soundfile as sf
 from diffdenoise.bench import quality, quality_data
 from diffdenoise.data import noise
 
+# make reccorpus's languages; by the split's hash: ca, el, sl dev; da, en, gl test; the
+# rest (sr and its variants, one speaker, together) train.
+LANGUAGES = ["ca", "da", "de", "el", "en", "fr", "gl", "lt", "sl", "sr", "sr@latin", "uk"]
 
-def corpus(root, utterances: int = 27):
+
+def corpus(root, utterances: int = 4):
+    """``utterances`` files of each of :data:`LANGUAGES`, named as make reccorpus does."""
     rng = np.random.default_rng(0)
     (root / "speech").mkdir(parents=True)
     (root / "noise").mkdir()
-    for i in range(utterances):
-        sf.write(root / "speech" / f"{i:05d}_xx.wav", 0.1 * rng.standard_normal(8000), 8000)
+    for i in range(utterances * len(LANGUAGES)):
+        name = f"{i:05d}_{LANGUAGES[i % len(LANGUAGES)]}.wav"
+        sf.write(root / "speech" / name, 0.1 * rng.standard_normal(8000), 8000)
     sf.write(root / "noise" / "music.wav", 0.2 * rng.standard_normal(48000), 48000)
     return root
 
 
-def test_recorded_parts_take_every_13th_utterance_and_each_noise_at_the_rate(tmp_path):
-    speech, noises = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
-    assert [p.name for p in speech] == ["00006_xx.wav", "00019_xx.wav"]
-    assert list(noises) == ["recorded music"] and len(noises["recorded music"]) == 16000
+def test_recorded_parts_split_by_language_and_no_language_is_in_two_parts(tmp_path):
+    rec = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
+    part_of = {lang: quality_data.recorded_part(quality_data.language_of(f"0_{lang}.wav"))
+               for lang in LANGUAGES}  # fmt: skip
+    assert {lang for lang, part in part_of.items() if part == "test"} == {"da", "en", "gl"}
+    assert {lang for lang, part in part_of.items() if part == "dev"} == {"ca", "el", "sl"}
+    assert part_of["sr@latin"] == part_of["sr"] == "train"  # one speaker, one part
+    for part in ("train", "dev", "test"):
+        assert {part_of[p.stem.split("_", 1)[1]] for p in getattr(rec, part)} == {part}
+    assert len(rec.train) == 4 * 6  # all of train's utterances; every 3rd of dev and test
+    assert len(rec.test) == len(range(0, 12, 3)) and len(rec.dev) == 4
+    assert list(rec.noises) == ["recorded music"] and len(rec.noises["recorded music"]) == 16000
+
+
+def test_the_recorded_test_languages_never_reach_the_training_shards(tmp_path):
+    from tests.helpers import make_corpus
+
+    rec = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for name in ("hiss", "rumble"):
+        sf.write(
+            noise_dir / f"{name}.wav", 0.1 * np.random.default_rng(0).normal(size=32000), 16000
+        )
+    speech = make_corpus(tmp_path / "speech", n=8, seconds=1.0)
+    quality_data.prepare(speech, noise_dir, tmp_path / "w", 16000, "rumble", rec.train)
+    import json
+    import tarfile
+
+    sources = set()  # each sample's source file, from its JSON member
+    for shard in (tmp_path / "w" / "shards" / "speech").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    sources.add(json.loads(tar.extractfile(member).read())["source"])
+    trained = {quality_data.language_of(s) for s in sources if s.startswith("recorded__")}
+    assert trained == {"de", "fr", "lt", "sr", "uk"}  # train's languages, and only those
+
+
+def test_a_corpus_of_too_few_languages_is_a_one_line_error(tmp_path):
+    root = corpus(tmp_path / "rec")
+    for f in (root / "speech").iterdir():
+        if quality_data.recorded_part(quality_data.language_of(f)) == "test":
+            f.unlink()
+    with pytest.raises(SystemExit, match="leave no test or dev part; it needs more languages"):
+        quality_data.recorded_parts(root, 16000)
 
 
 def test_recorded_items_mix_each_file_at_every_snr_with_the_noises_in_turn(tmp_path):
-    speech, noises = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
+    rec = quality_data.recorded_parts(corpus(tmp_path / "rec", utterances=2), 16000)
+    speech, noises = rec.test, rec.noises
+    assert len(speech) == 2
     noises["white"] = np.random.default_rng(1).standard_normal(4000).astype(np.float32)
     items = quality.mixed_items(speech, noises, 16000)
     assert len(items) == 2 * len(quality.SNRS)  # no clean rows for this set
@@ -39,7 +89,7 @@ def test_recorded_items_mix_each_file_at_every_snr_with_the_noises_in_turn(tmp_p
 
 @pytest.mark.parametrize("missing", ["speech", "noise"])
 def test_a_recorded_folder_without_its_parts_is_a_one_line_error(tmp_path, missing):
-    root = corpus(tmp_path / "rec", utterances=3)
+    root = corpus(tmp_path / "rec", utterances=1)
     for f in (root / missing).iterdir():
         f.unlink()
     (root / missing).rmdir()
@@ -69,12 +119,21 @@ def test_quality_scores_a_recorded_corpus_beside_its_own_split(trained_tiny, tmp
     quality.main([
         "--clean-dir", str(make_corpus(tmp_path / "speech", n=8)), "--noise-dir", str(noise_dir),
         "--recipes", "tiny", "--skip-training", "--runs", str(runs), "--work", str(tmp_path / "w"),
-        "--out", str(out), "--recorded", str(corpus(tmp_path / "rec")),
+        "--out", str(out), "--recorded", str(corpus(tmp_path / "rec", utterances=2)),
     ])  # fmt: skip
     text = (out / "quality.md").read_text()
-    section = text[text.index("## Recorded speech") : text.index("## Targets")]
+    section = text[text.index("## Recorded speech, test") : text.index("## Recorded speech, dev")]
     assert "2 utterances people recorded" in section
     assert "| all | tiny | 12 |" in section and "| all | wiener | 12 |" in section
-    assert "| recorded music | tiny |" in section
-    recorded = json.loads((out / "quality.json").read_text())["tables"]["recorded"]
-    assert recorded["snr"]["all"]["tiny"]["n"] == 12
+    assert "| recorded music | tiny |" in section and "| clean | tiny | 2 |" in section
+    tables = json.loads((out / "quality.json").read_text())["tables"]
+    assert tables["recorded_test"]["snr"]["all"]["tiny"]["n"] == 12
+    assert tables["recorded_dev"]["snr"]["all"]["tiny"]["n"] == 12
+    targets = text[text.index("## Targets") :]
+    for target in (
+        "recorded test: si_sdr at or above Wiener at every SNR",
+        "recorded test, clean speech in: >= 35 dB SI-SDR out",
+        "recorded test: STOI at or above the noisy input at every SNR",
+        "| tiny applies >= 0.5 of its learned correction | correction_scale 1 | PASS |",
+    ):
+        assert target in targets  # fmt: skip

@@ -26,6 +26,7 @@ import torch
 
 from diffdenoise.bench import quality_steps
 from diffdenoise.bench.quality_data import QualityData, prepare, recorded_parts
+from diffdenoise.bench.quality_recorded import recorded_section, recorded_tables, recorded_verdicts
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
@@ -191,23 +192,6 @@ def summaries(rows: list[dict]) -> tuple[dict, dict]:
     return tables, every
 
 
-def recorded_section(rows: list[dict], folder: Path, files: int) -> tuple[list[str], dict]:
-    """The report's lines and tables for the recorded test set."""
-    tables = {"snr": evaluate.summarise(rows), "noise": evaluate.summarise(rows, key="noise")}
-    lines = [
-        f"## Recorded speech ({folder})",
-        "",
-        f"{files} utterances people recorded (a second test set, trained on by nothing), "
-        "mixed with the held-out noise parts above and the recordings in its noise/ folder.",
-        "",
-        evaluate.markdown(tables["snr"]),
-        "",
-        evaluate.markdown(tables["noise"]).replace("| input SNR |", "| noise |", 1),
-        "",
-    ]
-    return lines, tables
-
-
 def report(
     tables: dict, checks, minutes: float, runs_info: dict, qd: QualityData, steps_text=()
 ) -> str:
@@ -267,7 +251,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--holdout-noise", default="", help="noise file (stem) kept out of training")
     p.add_argument(
         "--recipes",
-        default="seed,default,bridge",
+        default="seed,default,bridge,realtime",
         help="comma-separated: NAME for configs/NAME.yaml, or NAME=A.yaml+B.yaml+key=value to "
         "layer files and overrides",
     )
@@ -320,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     specs = {recipe_files(r)[0]: r for r in args.recipes.split(",") if r}
-    qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise)
     recorded = recorded_parts(args.recorded, args.rate) if args.recorded else None
+    qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise,
+                 recorded.train if recorded else [])  # fmt: skip
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.skip_training:
@@ -339,10 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(tables["snr"], tables["clean"]["clean"], rtf, main_recipe)
     steps_text, step_checks = steps_sections(bridges, specs, all_systems, args.out)
     if recorded is not None:
-        speech, noises = recorded
-        rec_rows = evaluate.run(mixed_items(speech, qd.test_noise | noises, qd.rate),
-                                {**models, "wiener": wiener})  # fmt: skip
-        rec_text, tables["recorded"] = recorded_section(rec_rows, args.recorded, len(speech))
+        rec_text = []
+        for part in ("test", "dev"):
+            speech = getattr(recorded, part)
+            items = mixed_items(speech, qd.test_noise | recorded.noises, qd.rate, clean_rows=True)
+            rec_rows = evaluate.run(items, {**models, "wiener": wiener})
+            tables[f"recorded_{part}"] = recorded_tables(rec_rows)
+            rec_text += recorded_section(tables[f"recorded_{part}"], args.recorded, part,
+                                         len(speech))  # fmt: skip
+        share = getattr(models[main_recipe].model, "correction_scale", 1.0)
+        checks += recorded_verdicts(tables["recorded_test"], main_recipe, share)
         steps_text = [*rec_text, *steps_text]
     checks += step_checks
     info = {r: run_info(run, models[r].model) for r, run in runs.items()}

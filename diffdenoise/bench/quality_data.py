@@ -21,7 +21,22 @@ from diffdenoise.data import audio
 
 TEST_FRACTION = 0.15
 TRAIN_SHARE = 0.8
-RECORDED_EVERY = 13  # every 13th utterance of a recorded corpus: 41 of make reccorpus's 532
+# A recorded corpus is split by language (one speaker or a few per language in make
+# reccorpus): a hash of the language puts it in test, dev or train, never two of them.
+# Test is only reported, dev is where settings are chosen, train joins the training speech.
+RECORDED_SPLIT = (("test", 0.2), ("dev", 0.4), ("train", 1.0))
+RECORDED_EVERY = 3  # every 3rd utterance of the dev and test languages is scored
+
+
+@dataclass
+class Recorded:
+    """A recorded corpus split by language: utterance paths of each part, and its noises
+    (name -> ``(time,)`` at the comparison's rate; test noise, never trained on)."""
+
+    train: list[Path]
+    dev: list[Path]
+    test: list[Path]
+    noises: dict[str, np.ndarray]
 
 
 @dataclass
@@ -76,34 +91,57 @@ def noise_parts(noise_dir: Path, rate: int, holdout: str) -> tuple[dict, dict, s
     return train, test, holdout
 
 
-def recorded_parts(folder: Path, rate: int) -> tuple[list[Path], dict[str, np.ndarray]]:
-    """A recorded corpus (``make reccorpus``: ``speech/`` and ``noise/``) as a second test
-    set: every :data:`RECORDED_EVERY`-th utterance (from the 7th on) and each noise file
-    whole at ``rate``. Checked before any training starts."""
+def language_of(path: Path) -> str:
+    """``00012_sr@latin.wav`` -> ``sr``: make reccorpus's naming, variants of a language
+    (one speaker) together; a file named otherwise is its own group."""
+    stem = Path(path).stem
+    return stem.rsplit("_", 1)[1].split("@")[0] if "_" in stem else stem
+
+
+def recorded_part(language: str) -> str:
+    """``test``, ``dev`` or ``train``, fixed by a hash of the language."""
+    u = int(hashlib.sha1(f"reccorpus-split/{language}".encode()).hexdigest()[:8], 16) / 2**32
+    return next(part for part, upper in RECORDED_SPLIT if u < upper)
+
+
+def recorded_parts(folder: Path, rate: int) -> Recorded:
+    """A recorded corpus (``make reccorpus``: ``speech/`` and ``noise/``) split by
+    language (:func:`recorded_part`): all of train's utterances, every
+    :data:`RECORDED_EVERY`-th of dev's and test's, and each noise file whole at ``rate``.
+    Checked before any training starts."""
     speech_dir, noise_dir = folder / "speech", folder / "noise"
     for part in (speech_dir, noise_dir):
         if not part.is_dir():
             raise SystemExit(f"error: --recorded {folder}: no {part.name}/ folder in it "
                              "(make reccorpus builds one)")  # fmt: skip
-    files = audio.walk(speech_dir)[0][RECORDED_EVERY // 2 :: RECORDED_EVERY]
-    noise_files = audio.walk(noise_dir)[0]
+    files, noise_files = audio.walk(speech_dir)[0], audio.walk(noise_dir)[0]
     if not files or not noise_files:
         raise SystemExit(f"error: --recorded {folder}: needs audio in both speech/ and noise/")
+    parts: dict[str, list[Path]] = {"train": [], "dev": [], "test": []}
+    for rel in files:
+        parts[recorded_part(language_of(rel))].append(speech_dir / rel)
+    if not parts["test"] or not parts["dev"]:
+        raise SystemExit(f"error: --recorded {folder}: its languages (the _<lang> of each "
+                         "name) leave no test or dev part; it needs more languages")  # fmt: skip
     noises = {}
     for rel in noise_files:
         data, orig = audio.read(noise_dir / rel)
         noises[f"recorded {Path(rel).stem}"] = audio.resample(audio.to_mono(data), orig, rate)
-    return [speech_dir / f for f in files], noises
+    every = RECORDED_EVERY
+    return Recorded(parts["train"], parts["dev"][::every], parts["test"][::every], noises)
 
 
-def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: str = ""):
-    """Split, write and shard the training parts under ``work``; reuse them when unchanged."""
+def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: str = "",
+            recorded_train: list[Path] = ()):  # fmt: skip
+    """Split, write and shard the training parts under ``work`` (with ``recorded_train``
+    utterances among the training speech); reuse them when unchanged."""
     train_files, test_files = split_speech(clean_dir)
     train_noise, test_noise, holdout = noise_parts(noise_dir, rate, holdout)
     stamp = {
         "clean": str(clean_dir.resolve()),
         "noise": str(noise_dir.resolve()),
         "train": train_files,
+        "recorded_train": [str(p.resolve()) for p in recorded_train],
         "holdout": holdout,
         "rate": rate,
     }
@@ -111,6 +149,8 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
     stamp_file = work / "prepared.json"
     if not stamp_file.is_file() or json.loads(stamp_file.read_text()) != stamp:
         _link_files(clean_dir, train_files, work / "speech-train")
+        for path in recorded_train:
+            (work / "speech-train" / f"recorded__{path.name}").symlink_to(path.resolve())
         noise_dir_train = work / "noise-train"
         noise_dir_train.mkdir(parents=True, exist_ok=True)
         for name, wave in train_noise.items():

@@ -1,0 +1,80 @@
+"""The quality report's recorded-speech parts: the dev and test languages of a recorded
+corpus (:func:`~diffdenoise.bench.quality_data.recorded_parts`), their tables, and the
+targets judged on the test languages only (dev is where settings are chosen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffdenoise.evaluation import evaluate
+
+CLEAN_TARGET_DB = 35.0
+ALL_SNR_MARGIN = {"si_sdr": 1.0, "pesq": 0.1}
+SHARE_TARGET = 0.5
+
+
+def recorded_tables(rows: list[dict]) -> dict:
+    """Per input SNR and per noise over the noisy rows; the clean rows apart."""
+    noisy = [r for r in rows if r["bucket"] != "clean"]
+    clean = [r for r in rows if r["bucket"] == "clean"]
+    return {
+        "snr": evaluate.summarise(noisy),
+        "noise": evaluate.summarise(noisy, key="noise"),
+        "clean": evaluate.summarise(clean) if clean else {},
+    }
+
+
+def recorded_section(tables: dict, folder: Path, part: str, files: int) -> list[str]:
+    """The report's lines for one part (``dev`` or ``test``) of the recorded corpus."""
+    use = {"test": "reported, never trained or tuned on", "dev": "where settings are chosen"}
+    lines = [
+        f"## Recorded speech, {part} languages ({folder})",
+        "",
+        f"{files} utterances people recorded, in languages no training saw ({use[part]}), "
+        "mixed with the held-out noise parts above and the recordings in its noise/ folder.",
+        "",
+        evaluate.markdown(tables["snr"]),
+        "",
+        evaluate.markdown(tables["noise"]).replace("| input SNR |", "| noise |", 1),
+        "",
+    ]
+    if tables["clean"]:
+        clean = evaluate.markdown(tables["clean"]).replace("| input SNR |", "| input |", 1)
+        lines += [clean, ""]
+    return lines
+
+
+def recorded_verdicts(tables: dict, main: str, share: float, realtime: str = "realtime"):
+    """``(target, measured, passed)`` of issue 34's targets on the recorded test part."""
+    by_snr = tables["snr"]
+    buckets = [b for b in by_snr if b != "all"]
+
+    def margins(metric, other, system=main):
+        return {b: by_snr[b][system][metric] - by_snr[b][other][metric] for b in buckets}
+
+    def listing(values, digits=2):
+        return ", ".join(f"{b}: {m:+.{digits}f}" for b, m in values.items())
+
+    rows = []
+    for metric, digits in (("si_sdr", 2), ("pesq", 3)):
+        m = margins(metric, "wiener")
+        rows.append((f"recorded test: {metric} at or above Wiener at every SNR",
+                     listing(m, digits), all(v >= 0 for v in m.values())))  # fmt: skip
+    overall = {k: by_snr["all"][main][k] - by_snr["all"]["wiener"][k] for k in ALL_SNR_MARGIN}
+    rows.append(("recorded test, all SNRs: >= Wiener +1 dB SI-SDR and +0.1 PESQ",
+                 f"{overall['si_sdr']:+.2f} dB, {overall['pesq']:+.3f}",
+                 all(overall[k] >= v for k, v in ALL_SNR_MARGIN.items())))  # fmt: skip
+    clean = tables["clean"].get("clean", {}).get(main, {}).get("si_sdr")
+    rows.append((f"recorded test, clean speech in: >= {CLEAN_TARGET_DB:g} dB SI-SDR out",
+                 "n/a" if clean is None else f"{clean:.2f} dB",
+                 clean is not None and clean >= CLEAN_TARGET_DB))  # fmt: skip
+    stoi = margins("stoi", "noisy")
+    rows.append(("recorded test: STOI at or above the noisy input at every SNR",
+                 listing(stoi, 3), all(v >= 0 for v in stoi.values())))  # fmt: skip
+    if realtime in by_snr["all"]:
+        gap = by_snr["all"][realtime]["si_sdr"] - by_snr["all"]["wiener"]["si_sdr"]
+        rows.append((f"recorded test: {realtime} at or above Wiener SI-SDR over all SNRs",
+                     f"{gap:+.2f} dB", gap >= 0))  # fmt: skip
+    rows.append((f"{main} applies >= {SHARE_TARGET:g} of its learned correction",
+                 f"correction_scale {share:g}", share >= SHARE_TARGET))  # fmt: skip
+    return rows
