@@ -116,14 +116,18 @@ def test_damage_names_the_byte_and_keeps_what_came_before(tmp_path):
     assert as_bytes(first) == as_bytes(got[0])
 
 
-def test_remote_urls_go_through_webdataset(tmp_path):
+def test_a_pipe_url_is_fetched_into_memory_and_read_as_a_local_shard(tmp_path):
     shards = make_shards(tmp_path, n=4)
     url = str(sorted(shards.glob("train-*.tar"))[0])
     piped = list(tarindex.read_shards([{"url": f"pipe:cat {url}"}]))
     local = list(tarindex.read_shards([{"url": url}]))
     assert [s["__key__"] for s in piped] == [s["__key__"] for s in local]
-    assert all(isinstance(s["flac"], bytes) for s in piped)
-    assert all(isinstance(s["flac"], tarindex.Member) for s in local)
+    assert all(s["__url__"] == f"pipe:cat {url}" for s in piped)
+    for a, b in zip(piped, local):
+        assert isinstance(a["flac"], tarindex.Member) and isinstance(
+            a["flac"].path, tarindex.Buffer
+        )
+        assert bytes(a["flac"]) == bytes(b["flac"]) and a["flac"][100:200] == b["flac"][100:200]
 
 
 def test_loader_batches_are_int16_for_16_bit_shards(tmp_path):

@@ -37,12 +37,14 @@ def format_shards(work: Path) -> dict[str, Path]:
     return out
 
 
-def loader_rate(shards: Path, batches: int = 40) -> float:
-    """Audio-s/s of one loader in this process, one thread: read, crop, plan the noise."""
+def loader_rate(shards: Path | str, batches: int = 40) -> float:
+    """Audio-s/s of one loader in this process, one thread: read, crop, plan the noise.
+    ``shards``: a folder, or a shard pattern (a URL with a brace range)."""
     weights = {"gaussian": 1.0, "pink": 1.0, "brown": 0.5}
     mixer = data.Mixer(weights, -5.0, 20.0, -10.0, 6.0, "random", 1000, 0, eq_db=6.0)
+    pattern = f"{shards}/train-*.tar" if isinstance(shards, Path) else shards
     stream = data.TrainStream(
-        data.expand_urls(f"{shards}/train-*.tar"), segment=CROP, sample_rate=RATE,
+        data.expand_urls(pattern), segment=CROP, sample_rate=RATE,
         batch_size=BATCH, batches=10**6, mixer=mixer, seed=0, rank=0, world_size=1,
         shuffle_buffer=64,
     )  # fmt: skip

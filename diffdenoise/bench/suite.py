@@ -339,6 +339,10 @@ def run_cpu(work: Path, only: set[str]) -> list[dict]:
         from diffdenoise.bench.launches import bench_launches
 
         rows.append(bench_launches())
+    if want("B19") or want("B20"):
+        from diffdenoise.bench.remote import bench_remote
+
+        rows.extend(r for r in bench_remote(work) if want(r["id"]))
     return sorted(rows, key=lambda r: int(r["id"][1:]))
 
 

@@ -11,6 +11,12 @@ HELP = {
     "data.shuffle_buffer": "samples in the shuffle buffer",
     "data.val_segment": "validation crop in samples; 0 = `data.segment`",
     "data.val_max_samples": "cap on validation samples; 0 = all",
+    "data.manifest": "the shards' manifest.json (a path or URL); empty = the one beside them",
+    "data.cache_dir": "where remote shards are kept once fetched; empty = fetched each time",
+    "data.fetch_retries": "retries of a remote shard after a transient failure",
+    "data.fetch_timeout_s": "seconds one request may wait for the server",
+    "data.fetch_max_wait_s": "seconds a remote shard's tries and pauses may take in all",
+    "data.read_ahead_mb": "remote shards a loader worker fetches ahead of reading, in MB",
     "noise.weights": "noise type -> sampling weight (types: gaussian, pink, brown, corpus, "
     "babble, tonal, bursts)",
     "noise.snr_min": "lowest SNR in dB (drawn uniformly up to `snr_max`)",

@@ -22,6 +22,12 @@ class DataConfig:
     shuffle_buffer: int = 256
     val_segment: int = 0
     val_max_samples: int = 0
+    manifest: str = ""
+    cache_dir: str = ""
+    fetch_retries: int = 5
+    fetch_timeout_s: float = 30.0
+    fetch_max_wait_s: float = 120.0
+    read_ahead_mb: float = 256.0
 
 
 @dataclass
@@ -210,7 +216,10 @@ RANGES = {
         ],
         AT_LEAST_1,
     ),
-    **dict.fromkeys(["data.val_segment", "data.val_max_samples"], AT_LEAST_0),
+    **dict.fromkeys(["data.val_segment", "data.val_max_samples", "data.fetch_retries"], AT_LEAST_0),
+    **dict.fromkeys(
+        ["data.fetch_timeout_s", "data.fetch_max_wait_s", "data.read_ahead_mb"], POSITIVE
+    ),
     **dict.fromkeys(
         ["noise.infer_timestep", "noise.eq_db", "noise.modulation_db", "noise.speech_eq_db"],
         AT_LEAST_0,

@@ -100,13 +100,18 @@ def check_manifest(manifest, path: Path) -> dict:
 
 def read_manifest(path: Path) -> dict:
     """Load and :func:`check_manifest` a manifest file; :class:`ManifestError` if not."""
+    return parse_manifest(path.read_bytes(), path)
+
+
+def parse_manifest(raw: bytes, where) -> dict:
+    """:func:`check_manifest` of a manifest's bytes read from ``where`` (a path or URL)."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw.decode())
     except UnicodeDecodeError:
-        raise ManifestError(f"{path}: not a JSON text file") from None
+        raise ManifestError(f"{where}: not a JSON text file") from None
     except ValueError as err:
-        raise ManifestError(f"{path}: not valid JSON ({err})") from None
-    return check_manifest(manifest, path)
+        raise ManifestError(f"{where}: not valid JSON ({err})") from None
+    return check_manifest(manifest, where)
 
 
 def sha256_of(path: Path) -> str:

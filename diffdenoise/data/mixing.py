@@ -276,7 +276,8 @@ def as_float(wave: torch.Tensor) -> torch.Tensor:
 
 def encoded_clips(urls: list[str]) -> Iterator[bytes]:
     """Encoded audio of every readable sample in ``urls``, in order."""
-    for sample in tarindex.read_shards({"url": url} for url in urls):
+    sources = ({"url": url} for url in urls)
+    for sample in tarindex.read_shards(sources, give_up_after=len(urls)):
         data = audio.member(sample)
         if data is not None:
             yield data

@@ -22,13 +22,14 @@ import os
 import random
 import zlib
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from diffdenoise.data import audio, tarindex
+from diffdenoise.data import audio, remote, tarindex
 from diffdenoise.data.mixer import Mixer, collate_plans
 from diffdenoise.data.mixing import NoiseBank, render
 from diffdenoise.data.shards import (
@@ -145,6 +146,7 @@ class TrainStream(IterableDataset):
         skip_batches: int = 0,
         shuffle_buffer: int = 256,
         epochs: int | None = 1,
+        fetch: remote.FetchPolicy | None = None,
     ):
         super().__init__()
         self.urls, self.segment, self.rate, self.batch_size = urls, segment, sample_rate, batch_size
@@ -156,9 +158,11 @@ class TrainStream(IterableDataset):
             world_size,
         )
         self.epoch, self.skip_batches, self.shuffle_buffer = epoch, skip_batches, shuffle_buffer
-        self.epochs = epochs
+        self.epochs, self.fetch = epochs, fetch
 
     def __iter__(self):
+        if self.fetch is not None:  # a worker process: how to fetch remote shards
+            remote.configure(self.fetch)
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
         start = self.epoch * self.batches + self.skip_batches  # global index of batch one
@@ -182,7 +186,7 @@ class TrainStream(IterableDataset):
         seeds = [self.seed, epoch, self.rank, wid]
         pipeline = wds.DataPipeline(
             lambda: _cycle(shards, _crc(seeds, "shards")),
-            tarindex.read_shards,
+            partial(tarindex.read_shards, give_up_after=len(set(shards))),
             wds.shuffle(
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_crc(seeds, "shuffle")
             ),
@@ -190,6 +194,14 @@ class TrainStream(IterableDataset):
         yield from self._batches(iter(pipeline), skip_samples, len(todo), seeds)
 
     def _batches(self, samples, skip: int, n_batches: int, seeds: list[int]):
+        """Batches of the sample stream; where its shards cannot be fetched any more, one
+        ``{"fatal": line}`` (an exception here would reach the loop as a traceback)."""
+        try:
+            yield from self._examples(samples, skip, n_batches, seeds)
+        except tarindex.ShardsUnreachable as err:
+            yield {"fatal": str(err)}
+
+    def _examples(self, samples, skip: int, n_batches: int, seeds: list[int]):
         examples, bad = [], 0
         for position, sample in enumerate(samples):
             if position < skip:
@@ -207,6 +219,7 @@ class TrainStream(IterableDataset):
             if len(examples) == self.batch_size:
                 batch = collate(examples)
                 batch["bad_samples"] = bad
+                batch["shard_retries"] = remote.take_retries()
                 yield batch
                 examples, bad = [], 0
                 n_batches -= 1
@@ -279,7 +292,8 @@ def val_batches(
     if not urls:
         return
     examples = []
-    ordered = tarindex.read_shards({"url": url} for url in sorted(urls))
+    ordered = tarindex.read_shards(({"url": url} for url in sorted(urls)),
+                                   give_up_after=len(urls))  # fmt: skip
     for index, sample in enumerate(ordered):
         if max_samples and index >= max_samples:
             break

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from diffdenoise.data.manifest import ManifestError, read_manifest
+from diffdenoise.data import remote
+from diffdenoise.data.manifest import ManifestError, parse_manifest, read_manifest
 
 
 class DataError(ValueError):
@@ -59,40 +60,59 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     return urls
 
 
-def _local_path(url: str) -> Path | None:
-    if url.startswith("pipe:"):
-        tokens = [t for t in url[5:].split() if Path(t).is_file()]
-        return Path(tokens[-1]) if tokens else None
-    return Path(url) if ":" not in url.split("/")[0] else None
-
-
-def manifest_stats(urls: list[str]) -> dict:
-    """Samples, seconds and sample rate of ``urls`` from the manifest.json beside them."""
-    cache, samples, seconds, rates = {}, 0, 0.0, set()
+def manifest_stats(urls: list[str], manifest: str = "", read=None) -> dict | None:
+    """Samples, seconds and sample rate of ``urls`` from the manifest.json beside each
+    shard (for a remote one: at the same location, same scheme), or from ``manifest`` (a
+    path or URL) for all; ``sizes``: what the manifest lists for each remote shard, to
+    catch a truncated download. ``read(url) -> bytes`` reads a remote manifest (default:
+    :func:`~diffdenoise.data.remote.read_bytes`); None when none can be reached."""
+    cache: dict = {}
+    samples, seconds, rates, sizes = 0, 0.0, set(), {}
     for url in urls:
-        path = _local_path(url)
-        if path is None:
-            raise DataError(f"{url}: cannot find manifest.json for a remote shard")
-        mpath = path.parent / "manifest.json"
-        if mpath not in cache:
-            if not mpath.is_file():
-                raise DataError(f"{mpath}: manifest missing; run the shard tool to completion")
-            try:
-                m = read_manifest(mpath)
-            except ManifestError as err:
-                raise DataError(str(err)) from None
-            shards = {s["file"]: s for sp in m["splits"].values() for s in sp["shards"]}
-            cache[mpath] = (m["sample_rate"], shards)
-        rate, shards = cache[mpath]
-        if path.name not in shards:
-            raise DataError(f"{path}: not listed in {mpath}")
-        size, listed = path.stat().st_size, shards[path.name]["bytes"]
-        if size != listed:
-            raise DataError(
-                f"{path}: {size} bytes but {mpath} lists {listed}: the shard changed after "
-                f"sharding; check all with python -m diffdenoise.shard verify {path.parent}"
-            )
-        samples += shards[path.name]["samples"]
-        seconds += shards[path.name]["seconds"]
+        where = manifest or (remote.manifest_url(url) if remote.is_remote(url) else
+                             str(Path(url).parent / "manifest.json"))  # fmt: skip
+        if where not in cache:
+            cache[where] = _manifest_shards(where, read or remote.read_bytes)
+        if cache[where] is None:
+            return None
+        rate, shards = cache[where]
+        name = remote.shard_name(url) if remote.is_remote(url) else Path(url).name
+        if name not in shards:
+            raise DataError(f"{url}: not listed in {where}")
+        entry = shards[name]
+        if remote.is_remote(url):
+            sizes[url] = entry["bytes"]
+        else:
+            _check_size(Path(url), entry["bytes"], where)
+        samples += entry["samples"]
+        seconds += entry["seconds"]
         rates.add(rate)
-    return {"samples": samples, "seconds": seconds, "sample_rates": sorted(rates)}
+    return {"samples": samples, "seconds": seconds, "sample_rates": sorted(rates),
+            "sizes": sizes}  # fmt: skip
+
+
+def _manifest_shards(where: str, read) -> tuple[int, dict] | None:
+    """``(sample rate, shard name -> entry)`` of a manifest; None for a remote one that
+    cannot be fetched."""
+    try:
+        if remote.is_remote(where):
+            m = parse_manifest(read(where), where)
+        elif not Path(where).is_file():
+            raise DataError(f"{where}: manifest missing; run the shard tool to completion")
+        else:
+            m = read_manifest(Path(where))
+    except remote.FetchError as err:
+        warn_once(("manifest", where), f"no manifest for these shards: {err}")
+        return None
+    except ManifestError as err:
+        raise DataError(str(err)) from None
+    return m["sample_rate"], {s["file"]: s for sp in m["splits"].values() for s in sp["shards"]}
+
+
+def _check_size(path: Path, listed: int, where: str) -> None:
+    size = path.stat().st_size
+    if size != listed:
+        raise DataError(
+            f"{path}: {size} bytes but {where} lists {listed}: the shard changed after "
+            f"sharding; check all with python -m diffdenoise.shard verify {path.parent}"
+        )

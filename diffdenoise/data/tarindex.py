@@ -11,13 +11,14 @@ the first dot of its base name), so both readers give the same samples.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import webdataset as wds
-
+from diffdenoise.data import remote
 from diffdenoise.data.shards import DataError, warn_once_per_shard
 
 BLOCK = 512
@@ -48,9 +49,31 @@ _FILES = _Files()
 _READS = [0, 0]  # reads and bytes read by this process, for tests and benchmarks
 
 
-def pread(path: str, offset: int, count: int) -> bytes:
-    """``count`` bytes of ``path`` from ``offset`` (fewer only at the end of the file)."""
-    out = os.pread(_FILES.fd(path), count, offset)
+class Buffer:
+    """A shard fetched into memory (a remote one, with no cache folder): read like a file,
+    and kept alive by the :class:`Member` objects that point into it, so it goes once the
+    shuffle buffer has used its last sample."""
+
+    __slots__ = ("data", "name")
+
+    def __init__(self, data: bytes, name: str):
+        self.data, self.name = data, name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def size_of(path) -> int:
+    return len(path.data) if isinstance(path, Buffer) else os.path.getsize(path)
+
+
+def pread(path, offset: int, count: int) -> bytes:
+    """``count`` bytes of ``path`` (a file or a :class:`Buffer`) from ``offset`` (fewer
+    only at the end)."""
+    if isinstance(path, Buffer):
+        out = path.data[offset : offset + count]
+    else:
+        out = os.pread(_FILES.fd(path), count, offset)
     _READS[0] += 1
     _READS[1] += len(out)
     return out
@@ -115,7 +138,7 @@ def members(path: str) -> Iterator[tuple[str, int, int]]:
     A damaged header or a member that runs past the end of the file raises
     :class:`DataError` naming the byte where it starts.
     """
-    end, pos, long_name = os.path.getsize(path), 0, None
+    end, pos, long_name = size_of(path), 0, None
     while pos + BLOCK <= end:
         header = pread(path, pos, BLOCK)
         if header.count(0) == BLOCK:
@@ -179,23 +202,75 @@ def samples(path: str) -> Iterator[dict]:
         yield current
 
 
-def is_local(url: str) -> bool:
-    """Whether ``url`` is a file this module can read (not ``pipe:``, ``http:``, ...)."""
-    return ":" not in url.split("/")[0] and os.path.isfile(url)
+class ShardsUnreachable(DataError):
+    """Every shard of a list failed to fetch, one after another: the network or the
+    store is down, and waiting longer would only hang the run."""
 
 
-def read_shards(sources: Iterator[dict], handler=warn_once_per_shard) -> Iterator[dict]:
-    """``{"url": ...}`` -> the shards' samples. Local tars are indexed from their headers and
-    read by offset (:mod:`diffdenoise.tarindex`); other URLs go through WebDataset. Damage
-    ends the shard with one warning from ``handler``, as WebDataset's handlers do."""
-    for source in sources:
-        url = source["url"]
-        if not is_local(url):
-            yield from wds.tarfile_to_samples(handler=handler)(iter([source]))
+def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exception | None]]:
+    """``(url, local file or Buffer, error)`` for each URL in order. Remote ones are
+    fetched ahead (:func:`~diffdenoise.data.remote.fetch_shard`), several at once, while
+    the ones before them are read: up to :data:`~diffdenoise.data.remote.IN_FLIGHT`
+    requests and the policy's ``read_ahead_mb`` of shards, so a store's latency hides
+    behind reading. After a shard fails all its tries, the next ones get one try each
+    until one arrives, so a dead network stops the run in bounded time."""
+    pool, queue, failing = ThreadPoolExecutor(remote.IN_FLIGHT), collections.deque(), [False]
+    budget, urls = remote.policy().read_ahead_mb * 1e6, iter(urls)
+
+    def top_up():
+        while len(queue) < remote.IN_FLIGHT:
+            ahead = sum(remote.expected_size(u) for u, _ in queue)
+            if queue and ahead >= budget:
+                return
+            url = next(urls, None)
+            if url is None:
+                return
+            job = None
+            if remote.is_remote(url):
+                job = pool.submit(remote.fetch_shard, url, 1 if failing[0] else None)
+            queue.append((url, job))
+
+    try:
+        top_up()
+        while queue:
+            url, job = queue.popleft()
+            try:
+                got = job.result() if job else url
+                source, error = (Buffer(got, url) if isinstance(got, bytes) else str(got)), None
+            except remote.FetchError as err:
+                source, error = None, err
+            failing[0] = error is not None
+            top_up()
+            yield url, source, error
+    finally:
+        for _, job in queue:
+            if job is not None:
+                job.cancel()
+        pool.shutdown(wait=False)
+
+
+def read_shards(sources: Iterator[dict], handler=warn_once_per_shard,
+                give_up_after: int = 0) -> Iterator[dict]:  # fmt: skip
+    """``{"url": ...}`` -> the shards' samples, indexed from their headers and read by
+    offset. Remote shards are fetched first (:func:`fetched`); one that stays unreachable
+    is skipped with a warning from ``handler``, and ``give_up_after`` different ones
+    failing with none arriving between raise :class:`ShardsUnreachable`. Damage ends the
+    shard with one warning from ``handler``, as WebDataset's handlers do."""
+    failed: set[str] = set()  # the shards that failed since the last one that arrived
+    for url, path, error in fetched(source["url"] for source in sources):
+        if error is not None:
+            failed.add(url)
+            if give_up_after and len(failed) >= give_up_after:
+                raise ShardsUnreachable(f"{len(failed)} shards in a row could not be fetched; "
+                                        f"the last: {error}")  # fmt: skip
+            reason = str(error).removeprefix(f"{url}: ")
+            handler(DataError(f"unreachable after retries: {reason}", url))
             continue
+        failed.clear()
         try:
-            yield from samples(url)
+            for sample in samples(path):
+                yield {**sample, "__url__": url}
         except (DataError, OSError) as err:
-            damage = DataError(str(err).removeprefix(f"{url}: "), url)
+            damage = DataError(str(err).removeprefix(f"{path}: "), url)
             if not handler(damage):
                 raise damage from None

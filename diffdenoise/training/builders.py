@@ -12,9 +12,12 @@ from torch_ema import ExponentialMovingAverage
 
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
+from diffdenoise.data import remote
 from diffdenoise.models.factory import model_for
 from diffdenoise.models.losses import build_loss
 from diffdenoise.models.objectives import objective_of
+from diffdenoise.training import distrib
+from diffdenoise.training import shard_sources as sources
 from diffdenoise.training.distrib import say
 from diffdenoise.training.init_from import load_initial_weights
 from diffdenoise.training.run import tracker_for
@@ -22,13 +25,14 @@ from diffdenoise.training.schedule import build_scheduler
 from diffdenoise.training.state import Run, TrainState
 
 
-def noise_banks(cfg, mixer, urls: list[str], device) -> tuple:
+def noise_banks(cfg, mixer, urls: list[str], device, read=None, say=print) -> tuple:
     """``(mixer, corpus bank, babble bank)``: the banks the noise types need, decoded once
     onto ``device`` (None where unused), and the mixer that draws from them."""
     bank = babble = None
     if cfg.data.noise_shards:
         noise_urls = data.expand_urls(cfg.data.noise_shards)
-        data.manifest_stats(noise_urls)  # the cheap size check against the manifest
+        stats = sources.stats_of(noise_urls, cfg.data.noise_shards, read, "", say)
+        remote.policy().sizes.update(stats["sizes"] if stats else {})
         bank = data.NoiseBank.from_urls(noise_urls, device)
         mixer = mixer.with_bank(bank.lengths)
     if cfg.noise.weights.get("corpus", 0) > 0 and bank is None:
@@ -39,9 +43,15 @@ def noise_banks(cfg, mixer, urls: list[str], device) -> tuple:
     return mixer, bank, babble
 
 
-def shard_stats(cfg, urls: list[str]) -> dict:
-    """The training shards' manifest totals; their sample rate must be the config's."""
-    stats = data.manifest_stats(urls)
+def shard_stats(cfg, urls: list[str], read=None, say=print) -> dict | None:
+    """The training shards' manifest totals (None: no manifest reachable); their sample
+    rate must be the config's."""
+    stats = sources.stats_of(urls, cfg.data.train_shards, read, cfg.data.manifest, say)
+    if stats is None:
+        if cfg.train.max_epochs:
+            raise data.DataError(f"{cfg.data.train_shards}: train.max_epochs needs the "
+                                 "shards' manifest; set train.max_steps instead")  # fmt: skip
+        return None
     if stats["sample_rates"] != [cfg.data.sample_rate]:
         raise data.DataError(
             f"{cfg.data.train_shards}: shards are {stats['sample_rates']} Hz but "
@@ -50,27 +60,47 @@ def shard_stats(cfg, urls: list[str]) -> dict:
     return stats
 
 
-def build_data(cfg, rank: int, world: int, device):
+def shard_lists(cfg, read, say) -> tuple[list[str], list[str], dict]:
+    """Training and validation URLs and their manifest totals (None where unknown); the
+    remote shards' listed sizes go into the fetch policy."""
+    urls = data.expand_urls(cfg.data.train_shards)
+    stats = shard_stats(cfg, urls, read, say)
+    val_urls = data.expand_urls(cfg.data.val_shards)
+    val = sources.stats_of(val_urls, cfg.data.val_shards, read, cfg.data.manifest, say)
+    remote.policy().sizes = {**(stats or {}).get("sizes", {}), **(val or {}).get("sizes", {})}
+    stats = dict(stats or {"samples": None, "seconds": None})
+    stats["val_samples"] = val["samples"] if val else None
+    return urls, val_urls, stats
+
+
+def build_data(cfg, rank: int, world: int, device, acc: Accelerator | None = None):
     """Turn the config into the training-stream factory, validation factory and sizes.
 
     Training batches come from the loader as clean crops and noise plans; the loop mixes
-    them on ``device`` with ``stats["render"]``. Validation batches come mixed.
+    them on ``device`` with ``stats["render"]``. Validation batches come mixed. Remote
+    shards' manifests are read once, on the main process of ``acc``.
     """
-    urls = data.expand_urls(cfg.data.train_shards)
-    stats = shard_stats(cfg, urls)
-    val_urls = data.expand_urls(cfg.data.val_shards)
-    stats["val_samples"] = data.manifest_stats(val_urls)["samples"]
+    fetch = sources.fetch_policy(cfg)
+    remote.configure(fetch)
+    read = sources.main_process_reader(acc)
+    say = partial(distrib.say, acc) if acc is not None else print
+    urls, val_urls, stats = shard_lists(cfg, read, say)
     bridge = cfg.diffusion.objective == "bridge"
     bridge_t = (cfg.diffusion.t_min, cfg.diffusion.t_max) if bridge else None
-    mixer, bank, babble = noise_banks(cfg, data.Mixer.from_config(cfg, bridge_t), urls, device)
+    mixer = data.Mixer.from_config(cfg, bridge_t)
+    mixer, bank, babble = noise_banks(cfg, mixer, urls, device, read, say)
     objective = objective_of(cfg.diffusion)
-    per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
+    per_epoch = sources.UNKNOWN_EPOCH
+    if stats["samples"] is not None:
+        per_epoch = data.batches_per_epoch(stats["samples"], cfg.train.batch_size, world)
     stats["render"] = partial(
         data.render, device=device, bank=bank, objective=objective, babble=babble,
         sample_rate=cfg.data.sample_rate,
     )  # fmt: skip
 
     pinned = torch.device(device).type == "cuda"
+    common = dict(sample_rate=cfg.data.sample_rate, batch_size=cfg.train.batch_size,
+                  mixer=mixer, rank=rank, world_size=world)  # fmt: skip
 
     def train_batches(start_batch: int):
         """Batches from global batch index ``start_batch`` on, across epochs, forever."""
@@ -78,17 +108,14 @@ def build_data(cfg, rank: int, world: int, device):
         stream = data.TrainStream(
             urls,
             segment=cfg.data.segment,
-            sample_rate=cfg.data.sample_rate,
-            batch_size=cfg.train.batch_size,
             batches=per_epoch,
-            mixer=mixer,
             seed=cfg.train.seed,
-            rank=rank,
-            world_size=world,
             epoch=epoch,
+            **common,
             skip_batches=skip,
             shuffle_buffer=cfg.data.shuffle_buffer,
             epochs=None,
+            fetch=fetch,
         )
         return iter(data.train_loader(stream, cfg.data.num_workers, pinned))
 
@@ -96,11 +123,7 @@ def build_data(cfg, rank: int, world: int, device):
         return data.val_batches(
             val_urls,
             segment=cfg.data.val_segment or cfg.data.segment,
-            sample_rate=cfg.data.sample_rate,
-            batch_size=cfg.train.batch_size,
-            mixer=mixer,
-            rank=rank,
-            world_size=world,
+            **common,
             max_samples=cfg.data.val_max_samples,
             device=device,
             bank=bank,

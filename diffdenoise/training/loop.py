@@ -21,6 +21,7 @@ from tqdm import tqdm
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import pipeline as data
+from diffdenoise.data import remote
 from diffdenoise.training import batch_size, checkpoint, distrib
 from diffdenoise.training.builders import build_data, build_run, planned_steps
 from diffdenoise.training.run import RunDirError, prepare_run_dir, run_dir_for, unlock_run_dirs
@@ -74,7 +75,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     cfg = auto_batch(cfg, acc, run_dir)
     world, ga = acc.num_processes, cfg.train.grad_accum
     train_batches, val_batches, per_epoch, stats = build_data(
-        cfg, acc.process_index, world, acc.device
+        cfg, acc.process_index, world, acc.device, acc
     )
     run = build_run(cfg, acc, run_dir, per_epoch)
     state = run.state
@@ -84,7 +85,8 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         run_validation,
         run,
         val_batches,
-        expected=min(stats["val_samples"], cfg.data.val_max_samples or stats["val_samples"]),
+        expected=stats["val_samples"]
+        and min(stats["val_samples"], cfg.data.val_max_samples or stats["val_samples"]),
         metrics=tuple(cfg.train.val_metrics),
         media_every=cfg.log.media_every,
         keep_best_copies=cfg.checkpoint.keep_best_copies,
@@ -102,6 +104,9 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     while True:
         t0 = time.time()
         loaded = [next(batches) for _ in range(ga)]
+        fatal = next((b["fatal"] for b in loaded if "fatal" in b), None)
+        if fatal:  # a loader worker's shards stay unreachable: stop, in one line
+            raise data.DataError(fatal)
         wait = time.time() - t0
         micro = [stats["render"](b) for b in loaded]
         parts, grad_norm = optimizer_step(run, micro, cfg, flags)
@@ -111,7 +116,8 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
             replan_at = plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
         elif state.step == replan_at:  # a few probe steps can meet a passing load
             plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
-        window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait)
+        retries = sum(b.get("shard_retries", 0) for b in loaded)
+        window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait, retries)
         bar.update()
         if state.step % cfg.log.every == 0:  # the same step on every rank: a collective is safe
             log_window(
@@ -222,6 +228,8 @@ def log_window(run, window, grad_norm, samples_per_step, seconds_per_step, bar, 
     """Log the window's means, lr, grad norm, counters and throughput (a collective)."""
     state = run.state
     state.bad_samples += distrib.sum_over_ranks(run.acc, window.bad)
+    retried = window.retries + remote.take_retries()  # the workers' and this process's
+    state.shard_retries += int(distrib.sum_over_ranks(run.acc, retried))
     metrics = window.metrics(samples_per_step, seconds_per_step)
     metrics.update(
         {
@@ -229,6 +237,7 @@ def log_window(run, window, grad_norm, samples_per_step, seconds_per_step, bar, 
             "train/grad_norm": float(grad_norm),
             "train/skipped_steps": state.bad_total,
             "train/bad_samples": state.bad_samples,
+            "train/shard_retries": state.shard_retries,
             "epoch": state.step * ga / per_epoch,
         }
     )

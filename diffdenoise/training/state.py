@@ -26,6 +26,7 @@ class TrainState:
     bad_in_row: int = 0
     bad_total: int = 0
     bad_samples: int = 0
+    shard_retries: int = 0
     validations: int = 0
     wandb_id: str = ""
     elapsed: float = 0.0

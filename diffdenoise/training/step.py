@@ -105,13 +105,15 @@ class LogWindow:
 
     def __init__(self):
         self.parts, self.steps, self.bad, self.start = {}, 0, 0, time.time()
+        self.retries = 0  # remote shard fetches retried by the loader workers
         self.wait = 0.0
 
-    def add(self, parts: dict, bad_samples: int, wait: float) -> None:
+    def add(self, parts: dict, bad_samples: int, wait: float, retries: int = 0) -> None:
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v
         self.steps += 1
         self.bad += bad_samples
+        self.retries += retries
         self.wait += wait
 
     def metrics(self, samples_per_step: float, seconds_per_step: float) -> dict:

@@ -91,7 +91,7 @@ def run_validation(
     val_batches,
     *,
     epoch: int,
-    expected: int,
+    expected: int | None,
     metrics: tuple = (),
     media_every: int = 5,
     keep_best_copies: int = 3,
@@ -110,7 +110,7 @@ def run_validation(
             run.tracker.log_media(run.net, val_batches(), state.step, run.objective)
     samples = int(val["samples"])
     distrib.say(acc, f"step {state.step}: validation loss {val['total']:.4f} ({samples} samples)")
-    if samples != expected and acc.is_main_process:
+    if expected is not None and samples != expected and acc.is_main_process:
         print(
             f"warning: validation read {samples} of the {expected} samples the manifest "
             "lists: a val shard is damaged or changed",

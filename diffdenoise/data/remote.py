@@ -1,0 +1,274 @@
+"""Shards kept elsewhere: ``http(s)://``, ``pipe:``, ``s3://`` and ``gs://`` URLs.
+
+A remote shard is fetched whole into a local file (``data.cache_dir``, or a temporary one
+deleted once read) and then read exactly as a local shard is, so the samples, crops and
+losses are the same wherever the shards live, and resume stays exact. Fetching:
+
+* ``http(s)://``: Python's ``urllib`` (no extra dependency; status codes tell a 404 from a
+  503), with the proxy and CA settings Python reads (``HTTPS_PROXY``, ``SSL_CERT_FILE``).
+* ``pipe:CMD``: the command's standard output, as WebDataset reads it; a non-zero exit is a
+  failure (``pipe:curl -sf URL``, ``pipe:aws s3 cp s3://b/k -``).
+* ``s3://``, ``gs://``: fsspec with ``s3fs`` or ``gcsfs`` (``pip install
+  'diffdenoise[cloud]'``), which read the usual credentials: ``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE`` / ``~/.aws`` / an instance role (and
+  ``AWS_ENDPOINT_URL`` for S3-compatible stores); ``GOOGLE_APPLICATION_CREDENTIALS`` or
+  ``gcloud auth application-default login``.
+
+Transient failures (connection refused or reset, timeouts, HTTP 5xx, 408, 429, a
+truncated download, a failing ``pipe:``) are retried with exponential backoff within
+:class:`FetchPolicy`'s count and time; a missing object (HTTP 404, 403) is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
+IN_FLIGHT = 8  # remote shards one loader worker fetches at once, at most
+CHUNK = 1 << 20
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE)
+
+
+class FetchError(OSError):
+    """A shard or manifest that could not be fetched, in one line; ``transient`` says
+    whether trying again may help."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass
+class FetchPolicy:
+    """How remote shards are fetched (``data.fetch_*``, ``data.cache_dir``), and the
+    shard sizes the manifest lists (URL -> bytes) to catch truncated downloads."""
+
+    retries: int = 5
+    timeout_s: float = 30.0
+    max_wait_s: float = 120.0
+    cache_dir: str = ""
+    read_ahead_mb: float = 256.0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+_POLICY = FetchPolicy()
+_RETRIES = [0]  # retries made by this process, for train/shard_retries
+
+
+def configure(policy: FetchPolicy) -> None:
+    """Set this process's policy (the training loader sets it again in each worker)."""
+    global _POLICY
+    _POLICY = policy
+
+
+def policy() -> FetchPolicy:
+    return _POLICY
+
+
+def expected_size(url: str) -> int:
+    """Bytes the manifest lists for ``url``: a local shard's none (it is not fetched), an
+    unlisted remote one's 64 MB."""
+    return _POLICY.sizes.get(url, 64_000_000) if is_remote(url) else 0
+
+
+def take_retries() -> int:
+    """Retries made by this process since the last call."""
+    count, _RETRIES[0] = _RETRIES[0], 0
+    return count
+
+
+def manifest_url(url: str) -> str:
+    """The ``manifest.json`` beside a shard URL, in the same scheme: the shard's last path
+    component replaced (for ``pipe:``, in the command's last token naming a ``.tar``)."""
+    if url.startswith("pipe:"):
+        tokens = url[5:].split(" ")
+        at = max((i for i, t in enumerate(tokens) if ".tar" in t), default=None)
+        if at is None:
+            raise FetchError(f"{url}: no .tar in this command to find manifest.json beside",
+                             transient=False)  # fmt: skip
+        tokens[at] = (
+            tokens[at].rsplit("/", 1)[0] + "/manifest.json"
+            if "/" in tokens[at]
+            else ("manifest.json")
+        )
+        return "pipe:" + " ".join(tokens)
+    return url.rsplit("/", 1)[0] + "/manifest.json"
+
+
+def shard_name(url: str) -> str:
+    """The shard's file name in a URL (the manifest lists shards by it)."""
+    token = url[5:].split(" ") if url.startswith("pipe:") else [url]
+    tar = [t for t in token if ".tar" in t] or token
+    return tar[-1].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+
+
+def _stream(url: str, timeout: float):
+    """An open binary stream of ``url`` and a function that raises if it ended badly."""
+    if url.startswith(("http://", "https://")):
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            raise FetchError(f"{url}: HTTP {err.code} {err.reason}",
+                             transient=err.code in TRANSIENT_HTTP) from None  # fmt: skip
+        return response, lambda: None
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+
+        def check():
+            if proc.wait(timeout=timeout) != 0:
+                raise FetchError(f"{url}: the command exited with {proc.returncode}",
+                                 transient=True)  # fmt: skip
+
+        return proc.stdout, check
+    return _fsspec_stream(url), lambda: None
+
+
+def _fsspec_stream(url: str):
+    scheme = url.split("://", 1)[0]
+    try:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    except ImportError as err:
+        package = {"s3": "s3fs", "gs": "gcsfs"}.get(scheme, scheme)
+        message = f"{url}: {scheme}:// shards need {package} (pip install 'diffdenoise[cloud]')"
+        raise FetchError(f"{message}: {err}", transient=False) from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise FetchError(f"{url}: {type(err).__name__}: {err}", transient=False) from None
+
+
+def _copy(url: str, out, timeout: float, expected: int | None) -> None:
+    """One try: ``url`` into the binary file object ``out``, checked against ``expected``
+    bytes."""
+    try:
+        stream, check = _stream(url, timeout)
+        with stream:
+            shutil.copyfileobj(stream, out, CHUNK)
+        check()
+    except FetchError:
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True) from None
+    size = out.tell()
+    if expected is not None and size != expected:
+        raise FetchError(f"{url}: truncated download, {size} of {expected} bytes (the "
+                         "manifest's size)", transient=True)  # fmt: skip
+
+
+def _tries(url: str, fetch: FetchPolicy, tries: int | None, attempt) -> None:
+    """Run ``attempt()`` until it succeeds, retrying transient failures with exponential
+    backoff within the policy's count and time (at most ``tries`` tries when given)."""
+    deadline = time.monotonic() + fetch.max_wait_s
+    attempts = fetch.retries + 1 if tries is None else tries
+    for n in range(attempts):
+        try:
+            return attempt()
+        except FetchError as err:
+            pause = min(0.25 * 2**n, 8.0)
+            last = n == attempts - 1 or time.monotonic() + pause > deadline
+            if not err.transient or last:
+                raise
+            _RETRIES[0] += 1
+            time.sleep(pause)
+
+
+def download(url: str, dest: Path, fetch: FetchPolicy | None = None, tries: int | None = None):
+    """Fetch ``url`` into the file ``dest``, atomically, with :func:`_tries`' retries."""
+    fetch = fetch or _POLICY
+    # One name per process and thread: read-ahead may fetch the same shard twice at once.
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+    def attempt():
+        try:
+            with open(tmp, "wb") as out:
+                _copy(url, out, fetch.timeout_s, fetch.sizes.get(url))
+            os.replace(tmp, dest)
+        except OSError as err:  # the cache folder's disk, not the network
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, FetchError):
+                raise
+            raise FetchError(f"{dest}: {err.strerror or err}", transient=False) from None
+        return dest
+
+    return _tries(url, fetch, tries, attempt)
+
+
+def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = None) -> bytes:
+    """``url`` whole in memory, with :func:`_tries`' retries."""
+    fetch = fetch or _POLICY
+
+    def attempt():
+        out = io.BytesIO()
+        _copy(url, out, fetch.timeout_s, fetch.sizes.get(url))
+        return out.getvalue()
+
+    return _tries(url, fetch, tries, attempt)
+
+
+def probe(url: str, fetch: FetchPolicy | None = None) -> None:
+    """Raise :class:`FetchError` unless an ``http(s)://`` shard answers a HEAD request
+    (retrying transient failures as :func:`download` does); other schemes are not probed."""
+    if not url.startswith(("http://", "https://")):
+        return
+    fetch = fetch or _POLICY
+    for attempt in range(fetch.retries + 1):
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(request, timeout=fetch.timeout_s).close()
+            return
+        except urllib.error.HTTPError as err:
+            error = FetchError(f"{url}: HTTP {err.code} {err.reason}", err.code in TRANSIENT_HTTP)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            error = FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True)
+        if not error.transient or attempt == fetch.retries:
+            raise error
+        _RETRIES[0] += 1
+        time.sleep(min(0.25 * 2**attempt, 8.0))
+
+
+def read_bytes(url: str, fetch: FetchPolicy | None = None) -> bytes:
+    """A small remote file (a manifest) whole, with the same retries."""
+    return fetch_bytes(url, fetch)
+
+
+def fetch_shard(url: str, tries: int | None = None) -> Path | bytes:
+    """Shard ``url``: its copy in ``data.cache_dir`` (fetched there first unless a copy
+    with the manifest's size is there already), or with no cache folder its bytes."""
+    fetch = _POLICY
+    if not fetch.cache_dir:
+        return fetch_bytes(url, fetch, tries)
+    folder = Path(fetch.cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{shard_name(url)}"
+    expected = fetch.sizes.get(url)
+    with _lock_for(url):  # read-ahead may ask for one shard twice: fetch it once
+        if path.is_file() and (expected is None or path.stat().st_size == expected):
+            return path
+        return download(url, path, fetch, tries)
+
+
+_CACHE_LOCKS: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _lock_for(url: str) -> threading.Lock:
+    with _GUARD:
+        return _CACHE_LOCKS.setdefault(url, threading.Lock())
