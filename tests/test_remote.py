@@ -178,6 +178,12 @@ def test_without_a_manifest_steps_train_and_epochs_stop_in_one_line(shards, tmp_
                                             "train.max_steps=0")], check=False)  # fmt: skip
         assert proc.returncode == 2
         assert "train.max_epochs needs the shards' manifest" in proc.stderr.strip().splitlines()[-1]
+        # data.manifest names one kept elsewhere (a path here; a URL works the same)
+        given = f"data.manifest={shards / 'manifest.json'}"
+        proc = python_run([TRAIN, *args_for(*urls, tmp_path / "m", "train.max_epochs=1",
+                                            "train.max_steps=0", given)])  # fmt: skip
+        assert "no manifest.json reachable" not in proc.stdout
+        assert "finished at step 4" in proc.stdout  # 16 samples, batch 4: one epoch
 
 
 def test_s3_without_s3fs_is_one_line_naming_the_extra():
