@@ -137,3 +137,19 @@ def test_quality_scores_a_recorded_corpus_beside_its_own_split(trained_tiny, tmp
         "| tiny applies >= 0.5 of its learned correction | correction_scale 1 | PASS |",
     ):
         assert target in targets  # fmt: skip
+
+
+def test_the_share_is_tuned_on_the_dev_languages_only(tmp_path):
+    from pathlib import Path
+
+    from diffdenoise.bench.quality_recorded import tune_on_dev
+    from diffdenoise.evaluation import tune
+
+    rec = quality_data.recorded_parts(corpus(tmp_path / "rec", utterances=2), 16000)
+    items = quality.mixed_items(rec.dev, rec.noises, 16000, clean_rows=True)
+    assert {quality_data.language_of(it.key.split("@")[0]) for it in items} <= {"ca", "el", "sl"}
+    checkpoint = Path(__file__).parent / "data" / "premove-spectral" / "best.pt"
+    chosen, lines = tune_on_dev(checkpoint, items)
+    assert chosen in tune.GRID
+    text = "\n".join(lines)
+    assert f"| {chosen[0]:g}/{chosen[1]:g} (chosen) |" in text and "dev part's 12 noisy" in text

@@ -26,13 +26,19 @@ import torch
 
 from diffdenoise.bench import quality_steps
 from diffdenoise.bench.quality_data import QualityData, prepare, recorded_parts
-from diffdenoise.bench.quality_recorded import recorded_section, recorded_tables, recorded_verdicts
+from diffdenoise.bench.quality_recorded import (
+    recorded_section,
+    recorded_tables,
+    recorded_verdicts,
+    tune_on_dev,
+)
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
 from diffdenoise.evaluation import evaluate
 from diffdenoise.evaluation.baseline import wiener
 from diffdenoise.inference.denoiser import Denoiser
+from diffdenoise.inference.loading import set_shares
 from diffdenoise.models.factory import model_for
 from diffdenoise.models.objectives import objective_of
 
@@ -269,6 +275,9 @@ def parse_args(argv: list[str] | None):
         "--recorded", type=Path,
         help="also score recorded speech: a make reccorpus folder (speech/, noise/)",
     )  # fmt: skip
+    p.add_argument("--no-tune", action="store_true",
+                   help="keep the main recipe's own correction share (default with --recorded: "
+                   "the share tune chooses on the recorded dev languages)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -282,6 +291,20 @@ def steps_sections(bridges: list[str], specs: dict, all_systems: dict, out: Path
         lines += [f"## {r}: quality against sampler steps (all SNRs)", "", table, ""]
         quality_steps.steps_figure(out / f"quality-{r}-steps.png", all_systems, r, rtfs)
     return lines, checks
+
+
+def tuned_share(args, recorded, qd: QualityData, run: Path, denoiser):
+    """With a recorded corpus and a spectral main recipe (unless ``--no-tune``): the
+    shares tune chooses on the dev languages, set on ``denoiser`` for every table after;
+    else the model's own share. Returns ``(share, report lines)``."""
+    model = denoiser.model
+    if recorded is None or args.no_tune or not hasattr(model, "correction_scale"):
+        return getattr(model, "correction_scale", 1.0), []
+    noises = qd.test_noise | recorded.noises
+    items = mixed_items(recorded.dev, noises, qd.rate, clean_rows=True)
+    chosen, lines = tune_on_dev(run / "best.pt", items)
+    set_shares(model, run / "best.pt", {"correction_scale": chosen[0], "suppress_scale": chosen[1]})
+    return chosen, lines
 
 
 def run_info(run: Path, model) -> dict:
@@ -315,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = train(list(specs.values()), args.minutes, qd, args.runs, max(1, args.parallel))
     torch.set_num_threads(2)
     models = {r: Denoiser.from_checkpoint(run / "best.pt", device="cpu") for r, run in runs.items()}
+    main_recipe = "default" if "default" in specs else list(specs)[-1]
+    share, tune_text = tuned_share(args, recorded, qd, runs[main_recipe], models[main_recipe])
     bridges = [r for r in specs if models[r].objective.conditioned]
     stepped = {k: v for r in bridges for k, v in quality_steps.step_systems(r, models[r]).items()}
     rows = evaluate.run(test_items(qd), {**models, "wiener": wiener, **stepped})
     tables, all_systems = summaries(rows)
-    main_recipe = "default" if "default" in specs else list(specs)[-1]
     rtf = rtf_at_48k(specs[main_recipe])
     checks = verdicts(tables["snr"], tables["clean"]["clean"], rtf, main_recipe)
     steps_text, step_checks = steps_sections(bridges, specs, all_systems, args.out)
@@ -332,9 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             tables[f"recorded_{part}"] = recorded_tables(rec_rows)
             rec_text += recorded_section(tables[f"recorded_{part}"], args.recorded, part,
                                          len(speech))  # fmt: skip
-        share = getattr(models[main_recipe].model, "correction_scale", 1.0)
         checks += recorded_verdicts(tables["recorded_test"], main_recipe, share)
-        steps_text = [*rec_text, *steps_text]
+        steps_text = [*rec_text, *tune_text, *steps_text]
     checks += step_checks
     info = {r: run_info(run, models[r].model) for r, run in runs.items()}
     text = report(tables, checks, args.minutes, info, qd, steps_text)
