@@ -21,6 +21,7 @@ truncated download, a failing ``pipe:``) are retried with exponential backoff wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -117,15 +118,26 @@ def shard_name(url: str) -> str:
     return tar[-1].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
 
 
+@contextlib.contextmanager
+def _as_fetch_error(url: str):
+    """Network and HTTP failures inside as one-line :class:`FetchError` s: a 5xx, 408 or
+    429 and every connection error transient, another status not."""
+    try:
+        yield
+    except FetchError:
+        raise
+    except urllib.error.HTTPError as err:
+        raise FetchError(f"{url}: HTTP {err.code} {err.reason}",
+                         transient=err.code in TRANSIENT_HTTP) from None  # fmt: skip
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True) from None
+
+
 def _stream(url: str, timeout: float):
     """An open binary stream of ``url`` and a function that raises if it ended badly."""
     if url.startswith(("http://", "https://")):
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)
-        except urllib.error.HTTPError as err:
-            raise FetchError(f"{url}: HTTP {err.code} {err.reason}",
-                             transient=err.code in TRANSIENT_HTTP) from None  # fmt: skip
-        return response, lambda: None
+        return urllib.request.urlopen(url, timeout=timeout), lambda: None
     if url.startswith("pipe:"):
         proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
@@ -156,16 +168,11 @@ def _fsspec_stream(url: str):
 def _copy(url: str, out, timeout: float, expected: int | None) -> None:
     """One try: ``url`` into the binary file object ``out``, checked against ``expected``
     bytes."""
-    try:
+    with _as_fetch_error(url):
         stream, check = _stream(url, timeout)
         with stream:
             shutil.copyfileobj(stream, out, CHUNK)
         check()
-    except FetchError:
-        raise
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True) from None
     size = out.tell()
     if expected is not None and size != expected:
         raise FetchError(f"{url}: truncated download, {size} of {expected} bytes (the "
@@ -228,20 +235,13 @@ def probe(url: str, fetch: FetchPolicy | None = None) -> None:
     if not url.startswith(("http://", "https://")):
         return
     fetch = fetch or _POLICY
-    for attempt in range(fetch.retries + 1):
-        try:
+
+    def attempt():
+        with _as_fetch_error(url):
             request = urllib.request.Request(url, method="HEAD")
             urllib.request.urlopen(request, timeout=fetch.timeout_s).close()
-            return
-        except urllib.error.HTTPError as err:
-            error = FetchError(f"{url}: HTTP {err.code} {err.reason}", err.code in TRANSIENT_HTTP)
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            reason = getattr(err, "reason", None) or err
-            error = FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True)
-        if not error.transient or attempt == fetch.retries:
-            raise error
-        _RETRIES[0] += 1
-        time.sleep(min(0.25 * 2**attempt, 8.0))
+
+    _tries(url, fetch, None, attempt)
 
 
 def read_bytes(url: str, fetch: FetchPolicy | None = None) -> bytes:

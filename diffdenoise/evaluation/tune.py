@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from diffdenoise.common.cli import entry
 from diffdenoise.common.files import atomic_path
-from diffdenoise.data import audio
+from diffdenoise.data import audio, tarindex
 from diffdenoise.data.pipeline import DataError, expand_urls
 from diffdenoise.evaluation import evaluate
 from diffdenoise.inference.denoiser import Denoiser
@@ -60,7 +59,7 @@ def noise_clips(pattern: str) -> list[tuple[np.ndarray, int]]:
     except DataError:
         raise evaluate.EvalError(f"--noise-shards {pattern}: matches no shard files") from None
     clips = []
-    for sample in wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples()):
+    for sample in tarindex.read_shards({"url": url} for url in sorted(urls)):
         data = audio.member(sample)
         if data is not None:
             clips.append(audio.decode(data))
