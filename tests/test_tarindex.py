@@ -8,7 +8,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from diffdenoise.data import audio, tarindex
+from diffdenoise.data import audio, recvpool, remote, tarindex
 from diffdenoise.data import pipeline as data
 from diffdenoise.data.shards import DataError
 from tests.helpers import make_shards
@@ -142,3 +142,36 @@ def test_loader_batches_are_int16_for_16_bit_shards(tmp_path):
     rendered = data.render(batch, "cpu")
     assert rendered["clean"].dtype.is_floating_point
     assert rendered["clean"].abs().max() <= 1.0
+
+
+def test_a_read_shards_memory_receives_the_next_fetch_and_sizes_are_still_checked(
+    tmp_path, monkeypatch
+):
+    shards = make_shards(tmp_path, n=4)
+    path = sorted(shards.glob("train-*.tar"))[0]
+    url, size = f"pipe:cat {path}", path.stat().st_size
+    pool = recvpool.RecvPool()
+    monkeypatch.setattr(remote, "POOL", pool)
+    monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes={url: size}))
+
+    first = tarindex.Buffer(remote.fetch_shard(url), url)
+    memory = first.data.obj
+    samples = list(tarindex.samples(first))
+    del first
+    assert pool.idle_bytes() == 0  # the samples still point into it
+    del samples
+    assert pool.idle_bytes() == len(memory) > size  # one byte more: an overlong one shows
+    again = remote.fetch_shard(url)
+    assert again.obj is memory and pool.idle_bytes() == 0
+    assert bytes(again) == path.read_bytes()
+    remote.recycle(again)
+
+    short, long = f"truncated download, {size} of {size + 1}", f"{size} bytes downloaded"
+    for listed, error in ((size + 1, short), (size - 1, long)):
+        remote.configure(remote.FetchPolicy(sizes={url: listed}))
+        with pytest.raises(remote.FetchError, match=error):
+            remote.fetch_shard(url, tries=1)
+    assert any(b is memory for b in pool.free)  # a failed try gives its memory back
+    idle = pool.idle_bytes()
+    pool.give(bytearray(100), keep_bytes=idle + 99)
+    assert pool.idle_bytes() == idle  # more than the policy keeps idle: let go

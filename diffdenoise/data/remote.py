@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import io
 import os
 import shutil
 import subprocess
@@ -35,8 +34,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffdenoise.data.recvpool import POOL
+
 REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
-IN_FLIGHT = 8  # remote shards one loader worker fetches at once, at most
+IN_FLIGHT = 16  # remote shards one loader worker fetches at once, at most
 CHUNK = 1 << 20
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -173,10 +174,16 @@ def _copy(url: str, out, timeout: float, expected: int | None) -> None:
         with stream:
             shutil.copyfileobj(stream, out, CHUNK)
         check()
-    size = out.tell()
-    if expected is not None and size != expected:
+    _check_size(url, out.tell(), expected)
+
+
+def _check_size(url: str, size: int, expected: int | None) -> None:
+    if expected is not None and size < expected:
         raise FetchError(f"{url}: truncated download, {size} of {expected} bytes (the "
                          "manifest's size)", transient=True)  # fmt: skip
+    if expected is not None and size > expected:
+        raise FetchError(f"{url}: {size} bytes downloaded, {expected} in the manifest",
+                         transient=True)  # fmt: skip
 
 
 def _tries(url: str, fetch: FetchPolicy, tries: int | None, attempt) -> None:
@@ -217,14 +224,40 @@ def download(url: str, dest: Path, fetch: FetchPolicy | None = None, tries: int 
     return _tries(url, fetch, tries, attempt)
 
 
-def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = None) -> bytes:
-    """``url`` whole in memory, with :func:`_tries`' retries."""
+def _read_into(stream, out: bytearray) -> int:
+    """Receive all of ``stream`` into ``out`` (``readinto``, no copy per chunk), growing it
+    when full; the bytes received."""
+    size = 0
+    while True:
+        if size == len(out):
+            out.extend(bytes(max(len(out), CHUNK)))
+        with memoryview(out) as view:
+            got = stream.readinto(view[size:])
+        if not got:
+            return size
+        size += got
+
+
+def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = None):
+    """``url`` whole in memory, with :func:`_tries`' retries: a read-only ``memoryview``
+    of a buffer from :data:`~diffdenoise.data.recvpool.POOL` (sized from the manifest
+    when it lists ``url``), to hand back with :func:`recycle` once read."""
     fetch = fetch or _POLICY
+    expected = fetch.sizes.get(url)
 
     def attempt():
-        out = io.BytesIO()
-        _copy(url, out, fetch.timeout_s, fetch.sizes.get(url))
-        return out.getvalue()
+        out = POOL.take(expected) if expected is not None else bytearray(CHUNK)
+        try:
+            with _as_fetch_error(url):
+                stream, check = _stream(url, fetch.timeout_s)
+                with stream:
+                    size = _read_into(stream, out)
+                check()
+            _check_size(url, size, expected)
+        except FetchError:
+            POOL.give(out, fetch.read_ahead_mb * 1e6)
+            raise
+        return memoryview(out)[:size].toreadonly()
 
     return _tries(url, fetch, tries, attempt)
 
@@ -246,10 +279,21 @@ def probe(url: str, fetch: FetchPolicy | None = None) -> None:
 
 def read_bytes(url: str, fetch: FetchPolicy | None = None) -> bytes:
     """A small remote file (a manifest) whole, with the same retries."""
-    return fetch_bytes(url, fetch)
+    return bytes(fetch_bytes(url, fetch))
 
 
-def fetch_shard(url: str, tries: int | None = None) -> Path | bytes:
+def recycle(view: memoryview) -> None:
+    """Give the buffer behind a :func:`fetch_bytes` view back for the next fetch. Only once
+    nothing reads it: every read of a fetched shard copies its bytes out."""
+    buffer = view.obj
+    try:
+        view.release()
+    except BufferError:  # something still holds a view into it: let it go, never reuse it
+        return
+    POOL.give(buffer, _POLICY.read_ahead_mb * 1e6)
+
+
+def fetch_shard(url: str, tries: int | None = None) -> Path | memoryview:
     """Shard ``url``: its copy in ``data.cache_dir`` (fetched there first unless a copy
     with the manifest's size is there already), or with no cache folder its bytes."""
     fetch = _POLICY

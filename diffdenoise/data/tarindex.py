@@ -51,16 +51,21 @@ _READS = [0, 0]  # reads and bytes read by this process, for tests and benchmark
 
 class Buffer:
     """A shard fetched into memory (a remote one, with no cache folder): read like a file,
-    and kept alive by the :class:`Member` objects that point into it, so it goes once the
-    shuffle buffer has used its last sample."""
+    and kept alive by the :class:`Member` objects that point into it. Once the shuffle
+    buffer has used its last sample it goes, and its memory receives a later shard
+    (:func:`~diffdenoise.data.remote.recycle`)."""
 
     __slots__ = ("data", "name")
 
-    def __init__(self, data: bytes, name: str):
+    def __init__(self, data: memoryview, name: str):
         self.data, self.name = data, name
 
     def __str__(self) -> str:
         return self.name
+
+    def __del__(self):
+        if remote is not None:  # None while the interpreter shuts down: nothing to reuse
+            remote.recycle(self.data)
 
 
 def size_of(path) -> int:
@@ -71,7 +76,7 @@ def pread(path, offset: int, count: int) -> bytes:
     """``count`` bytes of ``path`` (a file or a :class:`Buffer`) from ``offset`` (fewer
     only at the end)."""
     if isinstance(path, Buffer):
-        out = path.data[offset : offset + count]
+        out = bytes(path.data[offset : offset + count])
     else:
         out = os.pread(_FILES.fd(path), count, offset)
     _READS[0] += 1
@@ -236,7 +241,8 @@ def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exc
             url, job = queue.popleft()
             try:
                 got = job.result() if job else url
-                source, error = (Buffer(got, url) if isinstance(got, bytes) else str(got)), None
+                fetched_whole = isinstance(got, memoryview)
+                source, error = (Buffer(got, url) if fetched_whole else str(got)), None
             except remote.FetchError as err:
                 source, error = None, err
             failing[0] = error is not None
