@@ -327,3 +327,21 @@ def test_quantile_of_rows_is_torch_quantile(frames, q):
     values = torch.rand(4, frames, generator=torch.Generator().manual_seed(frames))
     expected = torch.quantile(values, q, dim=1, keepdim=True)
     assert torch.allclose(quantile_of_rows(values, q), expected, rtol=1e-6, atol=0)
+
+
+def test_the_anchor_adds_the_gradient_of_its_penalty_in_training_only():
+    torch.manual_seed(0)
+    correction = torch.randn(2, 9, 7, requires_grad=True)
+    classical = torch.rand(2, 9, 7)
+    anchored, plain = SpectralMaskModel(anchor_weight=0.3), SpectralMaskModel()
+
+    def grad(model, penalty=0.0):
+        loss = corrected_gain(model, correction, classical).square().sum()
+        return torch.autograd.grad(loss + penalty * correction.square().mean(), correction)[0]
+
+    assert torch.allclose(grad(anchored), grad(plain, penalty=0.3), atol=1e-7)
+    assert not torch.allclose(grad(anchored), grad(plain), atol=1e-4)
+    assert torch.equal(corrected_gain(anchored, correction, classical),
+                       corrected_gain(plain, correction, classical))  # fmt: skip
+    anchored.eval(), plain.eval()
+    assert torch.equal(grad(anchored), grad(plain))  # inference: no anchor

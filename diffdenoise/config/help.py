@@ -47,6 +47,8 @@ HELP = {
     "model.spectral.prior": "start from the Wiener gain (false: from 0.5)",
     "model.spectral.local_channels": "channels of a 2-D conv head shared across bins; 0 = off",
     "model.spectral.correction_scale": "share of the learned correction applied at inference",
+    "model.spectral.anchor_weight": "training penalty on the squared correction: pulls the gain "
+    "toward the Wiener prior; 0 = off",
     "model.spectral.suppress_scale": "that share where the correction lowers the gain; "
     "null = `correction_scale`",
     "model.spectral.prior_floor": "lowest gain of the Wiener prior; 0 = its own 0.02",

@@ -67,6 +67,7 @@ class SpectralConfig:
     suppress_scale: Optional[float] = None  # noqa: UP045 (None: correction_scale)
     prior_floor: float = 0.0
     prior_tracking: float = 0.0
+    anchor_weight: float = 0.0
 
 
 @dataclass
@@ -251,6 +252,7 @@ RANGES = {
     **dict.fromkeys(["model.spectral.correction_scale", "model.spectral.suppress_scale"], SHARE),
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
     "model.spectral.prior_tracking": (0, 1, True, True),  # share of minimum statistics
+    "model.spectral.anchor_weight": AT_LEAST_0,
     "model.lookahead_ms": AT_LEAST_0,
     **dict.fromkeys(
         [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0

@@ -63,6 +63,7 @@ class CausalSpectralModel(nn.Module):
         correction_scale: float = 1.0,
         suppress_scale: float | None = None,
         prior_floor: float = 0.0,
+        anchor_weight: float = 0.0,
         lookahead_ms: float = 0.0,
         time_dim: int = 64,
     ):
@@ -84,6 +85,7 @@ class CausalSpectralModel(nn.Module):
         self.noise_bias = CAUSAL_NOISE_BIAS
         self.prior, self.time_dim, self.correction_scale = prior, time_dim, correction_scale
         self.prior_floor, self.suppress_scale = prior_floor, suppress_scale
+        self.anchor_weight = anchor_weight
         analysis = torch.hann_window(self.n_fft, periodic=True).sqrt()
         self.register_buffer("analysis", analysis, persistent=False)
         # Periodic Hann windows a hop apart add up to overlap / 2.

@@ -131,8 +131,28 @@ def correction_head(hidden: int, bins: int) -> nn.Linear:
     return head
 
 
+class _Anchor(torch.autograd.Function):
+    """The identity, whose backward adds the gradient of ``weight * mean(correction**2)``:
+    a pull toward the Wiener prior wherever the loss does not push the gain away from it,
+    so the correction stays near zero where the prior is already right."""
+
+    @staticmethod
+    def forward(ctx, correction: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.save_for_backward(correction)
+        ctx.weight = weight
+        return correction.view_as(correction)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (correction,) = ctx.saved_tensors
+        return grad + (2 * ctx.weight / correction.numel()) * correction, None
+
+
 def corrected_gain(model: nn.Module, correction: torch.Tensor, classical: torch.Tensor):
-    """``sigmoid(logit(classical gain) + correction)``, in ``[0, 1]``."""
+    """``sigmoid(logit(classical gain) + correction)``, in ``[0, 1]``; in training the
+    correction is anchored to the prior by ``model.anchor_weight`` (:class:`_Anchor`)."""
+    if model.training and getattr(model, "anchor_weight", 0.0):
+        correction = _Anchor.apply(correction, model.anchor_weight)
     if not model.training:
         # Trained corrections overshoot on noise and speech the model has not seen:
         # applying a share of them generalises better (measured on held-out speech). Raising
@@ -196,6 +216,7 @@ class SpectralMaskModel(nn.Module):
         suppress_scale: float | None = None,
         prior_floor: float = 0.0,
         prior_tracking: float = 0.0,
+        anchor_weight: float = 0.0,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -208,7 +229,7 @@ class SpectralMaskModel(nn.Module):
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.prior, self.time_dim = prior, time_dim
         self.correction_scale, self.prior_floor = correction_scale, prior_floor
-        self.suppress_scale = suppress_scale
+        self.suppress_scale, self.anchor_weight = suppress_scale, anchor_weight
         self.prior_tracking = prior_tracking
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)

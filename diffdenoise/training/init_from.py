@@ -15,7 +15,13 @@ from diffdenoise.config import loading as config
 from diffdenoise.training.checkpoint import CheckpointError, load_best
 
 # Keys that may differ: they change what inference applies, not the weights.
-MAY_DIFFER = frozenset({"model.spectral.correction_scale", "model.spectral.suppress_scale"})
+MAY_DIFFER = frozenset(
+    {
+        "model.spectral.correction_scale",
+        "model.spectral.suppress_scale",
+        "model.spectral.anchor_weight",
+    }
+)
 COMPARED = ("model", "data.sample_rate")
 
 
