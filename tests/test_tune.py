@@ -20,14 +20,18 @@ def shards(tmp_path_factory):
     return make_shards(tmp, n=4, extra=["--val-fraction", "0.5", "--max-seconds", "1"])
 
 
-def test_choose_takes_the_best_mean_and_the_smaller_share_of_a_tie():
-    def summary(**si_sdr):
-        return {"all": {"noisy": {"si_sdr": 0.0}} | {k: {"si_sdr": v} for k, v in si_sdr.items()}}
+def test_choose_takes_the_best_mean_and_within_a_tie_the_best_pesq():
+    def summary(**scores):
+        pairs = {k: {"si_sdr": v[0], "pesq": v[1]} for k, v in scores.items()}
+        return {"all": {"noisy": {"si_sdr": 0.0, "pesq": 1.0}} | pairs}
 
-    assert tune.choose(summary(**{"0/0": 5.0, "0.5/1": 6.0, "1/1": 5.5})) == (0.5, 1.0)
-    assert tune.choose(summary(**{"0/0": 5.98, "0.5/1": 6.0, "1/1": 6.01})) == (0.0, 0.0)
-    # equal totals: the smaller share where the correction raises the gain (the riskier side)
-    assert tune.choose(summary(**{"0/0.5": 6.0, "0.25/0.25": 6.0})) == (0.0, 0.5)
+    assert tune.choose(summary(**{"0/0": (5, 2), "0.5/1": (6, 1), "1/1": (5.5, 3)})) == (0.5, 1.0)
+    near = {"0/0": (5.98, 2.0), "0.5/1": (6.0, 2.1), "1/1": (6.01, 1.9), "0.25/0.5": (5.9, 3)}
+    assert tune.choose(summary(**near)) == (0.5, 1.0)  # 0.25/0.5: 0.11 dB behind, no tie
+    # equal PESQ: the smaller share where the correction raises the gain (the riskier side)
+    assert tune.choose(summary(**{"0/0.5": (6, 2), "0.25/0.25": (6, 2)})) == (0.0, 0.5)
+    nan = float("nan")  # PESQ failed (too short): the smaller share, as without it
+    assert tune.choose(summary(**{"0/0": (6, nan), "1/1": (6.01, nan)})) == (0.0, 0.0)
 
 
 def test_tune_writes_a_tuned_copy_that_infer_applies(shards, tmp_path, capsys):

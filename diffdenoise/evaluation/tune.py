@@ -8,7 +8,7 @@ the gain). The recipe's shares were chosen on the project's speech; on yours ano
 may do better. This scores each pair of :data:`GRID` on the clean audio of the shards,
 mixed with noise (``--noise-dir`` files, ``--noise-shards`` tar shards, or generated
 noise) at each ``--snr``, deterministically, chooses the highest mean SI-SDR (within
-:data:`TIE_DB`, the smaller share: closer to the prior), and writes ``CKPT-tuned.pt`` with
+:data:`TIE_DB`, the highest PESQ), and writes ``CKPT-tuned.pt`` with
 the choice in its config and the table in ``tune`` (and beside it as ``.md``).
 """
 
@@ -32,7 +32,7 @@ from diffdenoise.training.checkpoint import CheckpointError, atomic_torch_save, 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # (correction_scale, suppress_scale): suppressing may take a larger share than keeping.
 GRID = [(keep, suppress) for keep in SHARES for suppress in SHARES if suppress >= keep]
-TIE_DB = 0.05  # SI-SDR differences this small are noise; the smaller share wins them
+TIE_DB = 0.05  # SI-SDR differences this small are noise; PESQ decides between them
 TUNE_SNRS = "-5,0,5,10,15,20"
 MAX_NOISE_CLIPS = 64
 
@@ -92,12 +92,18 @@ def systems_of(path: str) -> dict:
 
 
 def choose(summary: dict) -> tuple[float, float]:
-    """The pair with the highest mean SI-SDR over all items; within :data:`TIE_DB` of
-    it, the one that applies the least correction."""
-    scores = {name: m["si_sdr"] for name, m in summary["all"].items() if name != "noisy"}
-    best = max(scores.values())
-    near = [tuple(float(x) for x in n.split("/")) for n, s in scores.items() if s >= best - TIE_DB]
-    return min(near, key=lambda pair: (pair[0] + pair[1], pair[0]))
+    """The pair with the highest mean SI-SDR over all items; within :data:`TIE_DB` of it
+    (a tie), the highest mean PESQ, and of equal PESQ the least correction."""
+    pairs = {n: m for n, m in summary["all"].items() if n != "noisy"}
+    best = max(m["si_sdr"] for m in pairs.values())
+
+    def rank(name: str):
+        pesq = pairs[name].get("pesq", float("nan"))
+        keep, suppress = (float(x) for x in name.split("/"))
+        return (-pesq if pesq == pesq else 0.0, keep + suppress, keep)  # NaN: no preference
+
+    near = [n for n, m in pairs.items() if m["si_sdr"] >= best - TIE_DB]
+    return tuple(float(x) for x in min(near, key=rank).split("/"))
 
 
 def table(summary: dict, chosen: tuple[float, float]) -> str:
