@@ -1,8 +1,9 @@
 """Shards kept elsewhere: ``http(s)://``, ``pipe:``, ``s3://`` and ``gs://`` URLs.
 
-A remote shard is fetched whole into a local file (``data.cache_dir``, or a temporary one
-deleted once read) and then read exactly as a local shard is, so the samples, crops and
-losses are the same wherever the shards live, and resume stays exact. Fetching:
+A remote shard is fetched whole, into ``data.cache_dir`` or else into memory (a buffer
+reused once the shard is read, :mod:`~diffdenoise.data.recvpool`), and then read exactly
+as a local shard is, so the samples, crops and losses are the same wherever the shards
+live, and resume stays exact. Fetching:
 
 * ``http(s)://``: Python's ``urllib`` (no extra dependency; status codes tell a 404 from a
   503), with the proxy and CA settings Python reads (``HTTPS_PROXY``, ``SSL_CERT_FILE``).
