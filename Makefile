@@ -22,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,eval,export]"
+	$(PY) -m pip install -q -e ".[dev,eval,export,cloud]"
 	@touch $(STAMP)
 
 test: $(STAMP)

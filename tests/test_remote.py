@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from diffdenoise.bench.shard_server import ShardServer
-from diffdenoise.data import remote
 from tests.distributed import ROOT, accelerate_launch, cpu_env, python_run
 from tests.helpers import make_shards
 
@@ -184,15 +183,3 @@ def test_without_a_manifest_steps_train_and_epochs_stop_in_one_line(shards, tmp_
                                             "train.max_steps=0", given)])  # fmt: skip
         assert "no manifest.json reachable" not in proc.stdout
         assert "finished at step 4" in proc.stdout  # 16 samples, batch 4: one epoch
-
-
-def test_s3_without_s3fs_is_one_line_naming_the_extra():
-    pytest.importorskip("fsspec")
-    try:
-        import s3fs  # noqa: F401
-
-        pytest.skip("s3fs is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(remote.FetchError, match=r"s3:// shards need s3fs \(pip install"):
-        remote.read_bytes("s3://bucket/shards/manifest.json")

@@ -10,10 +10,7 @@ live, and resume stays exact. Fetching:
 * ``pipe:CMD``: the command's standard output, as WebDataset reads it; a non-zero exit is a
   failure (``pipe:curl -sf URL``, ``pipe:aws s3 cp s3://b/k -``).
 * ``s3://``, ``gs://``: fsspec with ``s3fs`` or ``gcsfs`` (``pip install
-  'diffdenoise[cloud]'``), which read the usual credentials: ``AWS_ACCESS_KEY_ID`` /
-  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE`` / ``~/.aws`` / an instance role (and
-  ``AWS_ENDPOINT_URL`` for S3-compatible stores); ``GOOGLE_APPLICATION_CREDENTIALS`` or
-  ``gcloud auth application-default login``.
+  'diffdenoise[cloud]'``), with the credentials they read (:mod:`~diffdenoise.data.cloud`).
 
 Transient failures (connection refused or reset, timeouts, HTTP 5xx, 408, 429, a
 truncated download, a failing ``pipe:``) are retried with exponential backoff within
@@ -35,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffdenoise.data import cloud
 from diffdenoise.data.recvpool import POOL
 
 REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
@@ -122,8 +120,9 @@ def shard_name(url: str) -> str:
 
 @contextlib.contextmanager
 def _as_fetch_error(url: str):
-    """Network and HTTP failures inside as one-line :class:`FetchError` s: a 5xx, 408 or
-    429 and every connection error transient, another status not."""
+    """Network, HTTP and object-store failures inside as one-line :class:`FetchError` s:
+    a 5xx, 408, 429, timeout or lost connection transient; a missing object, a refusal,
+    missing credentials or a missing backend not."""
     try:
         yield
     except FetchError:
@@ -131,9 +130,20 @@ def _as_fetch_error(url: str):
     except urllib.error.HTTPError as err:
         raise FetchError(f"{url}: HTTP {err.code} {err.reason}",
                          transient=err.code in TRANSIENT_HTTP) from None  # fmt: skip
+    except cloud.MissingBackend as err:
+        raise FetchError(f"{url}: {err}", transient=False) from None
+    except FileNotFoundError:  # an object store's 404
+        raise FetchError(f"{url}: not found", transient=False) from None
+    except PermissionError as err:  # an object store's 403
+        raise FetchError(f"{url}: access denied: {err}", transient=False) from None
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
         reason = getattr(err, "reason", None) or err
         raise FetchError(f"{url}: {type(err).__name__}: {reason}", transient=True) from None
+    except Exception as err:
+        if not cloud.is_client_error(err):
+            raise  # a bug here, not a failed request
+        raise FetchError(f"{url}: {type(err).__name__}: {err}",
+                         transient=cloud.is_transient(err)) from None  # fmt: skip
 
 
 def _stream(url: str, timeout: float):
@@ -150,21 +160,7 @@ def _stream(url: str, timeout: float):
                                  transient=True)  # fmt: skip
 
         return proc.stdout, check
-    return _fsspec_stream(url), lambda: None
-
-
-def _fsspec_stream(url: str):
-    scheme = url.split("://", 1)[0]
-    try:
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    except ImportError as err:
-        package = {"s3": "s3fs", "gs": "gcsfs"}.get(scheme, scheme)
-        message = f"{url}: {scheme}:// shards need {package} (pip install 'diffdenoise[cloud]')"
-        raise FetchError(f"{message}: {err}", transient=False) from None
-    except (FileNotFoundError, PermissionError) as err:
-        raise FetchError(f"{url}: {type(err).__name__}: {err}", transient=False) from None
+    return cloud.open_stream(url), lambda: None
 
 
 def _copy(url: str, out, timeout: float, expected: int | None) -> None:
@@ -264,16 +260,20 @@ def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = 
 
 
 def probe(url: str, fetch: FetchPolicy | None = None) -> None:
-    """Raise :class:`FetchError` unless an ``http(s)://`` shard answers a HEAD request
-    (retrying transient failures as :func:`download` does); other schemes are not probed."""
-    if not url.startswith(("http://", "https://")):
+    """Raise :class:`FetchError` unless an ``http(s)://`` shard answers a HEAD request or an
+    ``s3://`` / ``gs://`` object exists (retrying transient failures as :func:`download`
+    does); a ``pipe:`` command is not run, a local file not checked here."""
+    if url.startswith("pipe:") or not is_remote(url):
         return
     fetch = fetch or _POLICY
 
     def attempt():
         with _as_fetch_error(url):
-            request = urllib.request.Request(url, method="HEAD")
-            urllib.request.urlopen(request, timeout=fetch.timeout_s).close()
+            if url.startswith(("http://", "https://")):
+                request = urllib.request.Request(url, method="HEAD")
+                urllib.request.urlopen(request, timeout=fetch.timeout_s).close()
+            else:
+                cloud.open_stream(url).close()  # reads the object's size: a 404 raises
 
     _tries(url, fetch, None, attempt)
 
