@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,30 @@ def wandb_history_keys(path: Path) -> set[str]:
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
+
+
+# Bounded fetching for the remote-shard tests: a failure shows in seconds, not minutes.
+FAST_FETCH = ["data.fetch_retries=2", "data.fetch_timeout_s=5", "data.fetch_max_wait_s=10"]
+
+
+def run_args(train: str, val: str, runs: Path, *extra: str) -> list[str]:
+    """launch/train.py arguments of a small tiny.yaml run on the given shard URLs."""
+    return [
+        "configs/tiny.yaml", f"data.train_shards={train}", f"data.val_shards={val}",
+        f"train.runs_dir={runs}", "data.segment=4000", "train.batch_size=4",
+        "data.num_workers=1", "log.every=1", "log.wandb_mode=disabled", *FAST_FETCH, *extra,
+    ]  # fmt: skip
+
+
+def run_metric(runs: Path, key: str) -> list:
+    """``key``'s values in the one run folder under ``runs``, in order."""
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r]
+
+
+def run_losses(runs: Path) -> dict[int, float]:
+    """Step -> training loss of the one run folder under ``runs``."""
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}

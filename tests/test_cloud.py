@@ -4,17 +4,15 @@ its store's REST protocol to the real clients (s3fs/botocore, gcsfs/aiohttp) tha
 on AWS or Google Cloud uses. The shards are uploaded as a user uploads what ``make shards``
 wrote; the runs read them through the credentials and endpoint variables the docs name."""
 
-import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from diffdenoise.data import remote
 from tests.distributed import cpu_env, python_run
-from tests.helpers import make_shards
+from tests.helpers import make_shards, run_args, run_losses
 
 # gcsfs reads this on import: its experimental bucket-type lookup speaks gRPC over TLS,
 # which the emulator lacks (two 60 s timeouts per process otherwise). Runs get it in env.
@@ -27,7 +25,6 @@ s3fs = pytest.importorskip("s3fs")
 gcsfs = pytest.importorskip("gcsfs")
 
 TRAIN = "launch/train.py"
-FAST_FETCH = ["data.fetch_retries=1", "data.fetch_timeout_s=5", "data.fetch_max_wait_s=10"]
 KEYS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
 NO_AWS_FILES = {
     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
@@ -83,20 +80,6 @@ def gcs(shards):
     server.stop()
 
 
-def args_for(train, val, runs, *extra):
-    return [
-        "configs/tiny.yaml", f"data.train_shards={train}", f"data.val_shards={val}",
-        f"train.runs_dir={runs}", "data.segment=4000", "train.batch_size=4",
-        "data.num_workers=1", "log.every=1", "log.wandb_mode=disabled", *FAST_FETCH, *extra,
-    ]  # fmt: skip
-
-
-def losses(runs: Path) -> dict[int, float]:
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
-
-
 def store_urls(scheme: str, name: str = "train") -> tuple[str, str]:
     return (f"{scheme}://shards/demo/{name}-{{000000..000001}}.tar",
             f"{scheme}://shards/demo/val-{{000000..000001}}.tar")  # fmt: skip
@@ -108,27 +91,27 @@ STEPS = ["train.max_steps=4", "train.val_every=4", "checkpoint.every=2"]
 @pytest.fixture(scope="module")
 def local_losses(shards, tmp_path_factory):
     runs = tmp_path_factory.mktemp("local")
-    python_run([TRAIN, *args_for(f"{shards}/train-*.tar", f"{shards}/val-*.tar", runs, *STEPS)])
-    return losses(runs)
+    python_run([TRAIN, *run_args(f"{shards}/train-*.tar", f"{shards}/val-*.tar", runs, *STEPS)])
+    return run_losses(runs)
 
 
 def test_s3_shards_train_exactly_as_local_files_and_resume_exactly(s3, local_losses, tmp_path):
     env = cpu_env(**s3)
-    proc = python_run([TRAIN, *args_for(*store_urls("s3"), tmp_path / "s", *STEPS)], env=env)
-    assert losses(tmp_path / "s") == local_losses  # same samples, crops and noise
+    proc = python_run([TRAIN, *run_args(*store_urls("s3"), tmp_path / "s", *STEPS)], env=env)
+    assert run_losses(tmp_path / "s") == local_losses  # same samples, crops and noise
     assert "no manifest" not in proc.stdout + proc.stderr  # read from s3:// beside the shards
 
     (straight,) = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
     half = f"train.resume={straight / 'state' / 'step-000000002'}"
-    python_run([TRAIN, *args_for(*store_urls("s3"), tmp_path / "r", *STEPS, half)], env=env)
-    resumed = losses(tmp_path / "r")
+    python_run([TRAIN, *run_args(*store_urls("s3"), tmp_path / "r", *STEPS, half)], env=env)
+    resumed = run_losses(tmp_path / "r")
     assert {k: resumed[k] for k in (3, 4)} == {k: local_losses[k] for k in (3, 4)}
 
 
 def test_gs_shards_train_exactly_as_local_files(gcs, local_losses, tmp_path):
-    proc = python_run([TRAIN, *args_for(*store_urls("gs"), tmp_path / "g", *STEPS)],
+    proc = python_run([TRAIN, *run_args(*store_urls("gs"), tmp_path / "g", *STEPS)],
                       env=cpu_env(**gcs))  # fmt: skip
-    assert losses(tmp_path / "g") == local_losses
+    assert run_losses(tmp_path / "g") == local_losses
     assert "no manifest" not in proc.stdout + proc.stderr  # read from gs:// beside the shards
 
 
@@ -136,7 +119,7 @@ def test_gs_shards_train_exactly_as_local_files(gcs, local_losses, tmp_path):
 def test_a_missing_object_is_one_line_before_training(scheme, s3, gcs, tmp_path):
     env = cpu_env(**(s3 if scheme == "s3" else gcs))
     train, val = store_urls(scheme, name="nope")[0], store_urls(scheme)[1]
-    proc = python_run([TRAIN, *args_for(train, val, tmp_path / "w", "train.max_steps=2")],
+    proc = python_run([TRAIN, *run_args(train, val, tmp_path / "w", "train.max_steps=2")],
                       env=env, check=False)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -149,7 +132,7 @@ def test_missing_s3_credentials_are_one_line_naming_them(s3, tmp_path):
     env = cpu_env(**s3)
     for key in KEYS:
         env.pop(key)
-    proc = python_run([TRAIN, *args_for(*store_urls("s3"), tmp_path / "c", "train.max_steps=2")],
+    proc = python_run([TRAIN, *run_args(*store_urls("s3"), tmp_path / "c", "train.max_steps=2")],
                       env=env, check=False)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -192,7 +175,7 @@ def test_a_missing_backend_is_one_line_naming_the_extra(tmp_path):
     """Without s3fs (hidden from this run, as on an install without the extra)."""
     hide = "import sys; sys.modules['s3fs'] = None; import runpy; sys.argv = sys.argv[1:]; "
     code = hide + f"runpy.run_path({TRAIN!r}, run_name='__main__')"
-    args = args_for(*store_urls("s3"), tmp_path / "m", "train.max_steps=2")
+    args = run_args(*store_urls("s3"), tmp_path / "m", "train.max_steps=2")
     proc = python_run(["-c", code, TRAIN, *args], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

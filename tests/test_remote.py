@@ -2,23 +2,20 @@
 http.server in a thread): plain URLs and ``pipe:curl``, the manifest over HTTP, retries,
 a truncated download, a 404, a server that stops mid-run, and the local cache."""
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from diffdenoise.bench.shard_server import ShardServer
 from tests.distributed import ROOT, accelerate_launch, cpu_env, python_run
-from tests.helpers import make_shards
+from tests.helpers import make_shards, run_args, run_losses, run_metric
 
 pytestmark = pytest.mark.slow
 TRAIN = "launch/train.py"
-FAST_FETCH = ["data.fetch_retries=2", "data.fetch_timeout_s=5", "data.fetch_max_wait_s=10"]
 
 
 @pytest.fixture(scope="module")
@@ -37,53 +34,33 @@ def server(shards):
         yield running
 
 
-def args_for(train, val, runs, *extra):
-    return [
-        "configs/tiny.yaml", f"data.train_shards={train}", f"data.val_shards={val}",
-        f"train.runs_dir={runs}", "data.segment=4000", "train.batch_size=4",
-        "data.num_workers=1", "log.every=1", "log.wandb_mode=disabled", *FAST_FETCH, *extra,
-    ]  # fmt: skip
-
-
-def losses(runs: Path) -> dict[int, float]:
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
-
-
-def metric(runs: Path, key: str) -> list:
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r[key] for r in rows if key in r]
-
-
 def test_http_shards_train_exactly_as_local_files_and_resume_exactly(shards, server, tmp_path):
     steps = ["train.max_steps=6", "train.val_every=6", "checkpoint.every=3"]
-    local = args_for(f"{shards}/train-*.tar", f"{shards}/val-*.tar", tmp_path / "l", *steps)
+    local = run_args(f"{shards}/train-*.tar", f"{shards}/val-*.tar", tmp_path / "l", *steps)
     python_run([TRAIN, *local])
     http = (
         f"{server.url}/train-{{000000..000001}}.tar",
         f"{server.url}/val-{{000000..000001}}.tar",
     )
-    python_run([TRAIN, *args_for(*http, tmp_path / "h", *steps)])
-    assert losses(tmp_path / "l") == losses(tmp_path / "h")  # same samples, crops and noise
+    python_run([TRAIN, *run_args(*http, tmp_path / "h", *steps)])
+    assert run_losses(tmp_path / "l") == run_losses(tmp_path / "h")  # same samples, crops and noise
     assert server.requests["manifest.json"] == 2  # once for train, once for val: one process
 
     (straight,) = [p for p in (tmp_path / "h").iterdir() if p.is_dir()]
     half = f"train.resume={straight / 'state' / 'step-000000003'}"
-    python_run([TRAIN, *args_for(*http, tmp_path / "r", *steps, half)])
-    resumed = losses(tmp_path / "r")
-    assert {k: resumed[k] for k in (4, 5, 6)} == {k: losses(tmp_path / "h")[k] for k in (4, 5, 6)}
+    python_run([TRAIN, *run_args(*http, tmp_path / "r", *steps, half)])
+    resumed, straight_losses = run_losses(tmp_path / "r"), run_losses(tmp_path / "h")
+    assert {k: resumed[k] for k in (4, 5, 6)} == {k: straight_losses[k] for k in (4, 5, 6)}
 
 
 def test_pipe_curl_and_a_manifest_read_once_per_run_not_per_rank(shards, server, tmp_path):
     pipe = "pipe:curl -sf {}/{}-{{000000..000001}}.tar"
     train, val = pipe.format(server.url, "train"), pipe.format(server.url, "val")
-    run = args_for(train, val, tmp_path / "p", "train.max_steps=2", "train.val_every=2")
+    run = run_args(train, val, tmp_path / "p", "train.max_steps=2", "train.val_every=2")
     python_run([TRAIN, *run])
-    assert len(losses(tmp_path / "p")) == 2
+    assert len(run_losses(tmp_path / "p")) == 2
     requests = server.requests["manifest.json"]
-    two = args_for(train, val, tmp_path / "two", "train.max_steps=2", "train.val_every=2")
+    two = run_args(train, val, tmp_path / "two", "train.max_steps=2", "train.val_every=2")
     accelerate_launch([TRAIN, *two], processes=2)
     assert server.requests["manifest.json"] - requests == requests  # 2 ranks: no more reads
 
@@ -92,7 +69,7 @@ def test_a_wrong_url_is_one_line_with_its_status_before_training(shards, server,
     val = f"{server.url}/val-{{000000..000001}}.tar"
     for train in (f"{server.url}/nope-{{000000..000001}}.tar",
                   f"{server.url}/elsewhere/train-000000.tar"):  # fmt: skip
-        proc = python_run([TRAIN, *args_for(train, val, tmp_path / "w", "train.max_steps=2")],
+        proc = python_run([TRAIN, *run_args(train, val, tmp_path / "w", "train.max_steps=2")],
                           check=False)  # fmt: skip
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "404 File not found" in proc.stderr and "/train-" not in proc.stdout
@@ -108,13 +85,13 @@ def test_retries_are_counted_and_a_truncated_shard_is_skipped_with_one_warning(
         f"{server.url}/train-{{000000..000001}}.tar",
         f"{server.url}/val-{{000000..000001}}.tar",
     )
-    proc = python_run([TRAIN, *args_for(*urls, tmp_path / "t", "train.max_steps=4",
+    proc = python_run([TRAIN, *run_args(*urls, tmp_path / "t", "train.max_steps=4",
                                         "train.val_every=4")])  # fmt: skip
     assert "train-000001.tar: DataError: unreachable after retries" in proc.stderr
     size = (shards / "train-000001.tar").stat().st_size
     assert f"truncated download, {size // 2} of {size} bytes" in proc.stderr
     assert proc.stderr.count("train-000001.tar: DataError") == 1
-    assert metric(tmp_path / "t", "train/shard_retries")[-1] >= 2 + 2
+    assert run_metric(tmp_path / "t", "train/shard_retries")[-1] >= 2 + 2
 
 
 def test_a_server_that_stops_mid_run_ends_it_in_one_line(shards, server, tmp_path):
@@ -123,7 +100,7 @@ def test_a_server_that_stops_mid_run_ends_it_in_one_line(shards, server, tmp_pat
         f"{server.url}/val-{{000000..000001}}.tar",
     )
     forever = ["train.max_steps=100000", "train.val_every=100000", "data.shuffle_buffer=4"]
-    cmd = [sys.executable, TRAIN, *args_for(*urls, tmp_path / "s", *forever)]
+    cmd = [sys.executable, TRAIN, *run_args(*urls, tmp_path / "s", *forever)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -149,14 +126,14 @@ def test_the_cache_fetches_each_shard_once_and_refetches_a_damaged_copy(shards, 
         f"{server.url}/val-{{000000..000001}}.tar",
     )
     epochs = ["train.max_epochs=3", "train.val_every=100000", f"data.cache_dir={cache}"]
-    python_run([TRAIN, *args_for(*urls, tmp_path / "c", *epochs)])
+    python_run([TRAIN, *run_args(*urls, tmp_path / "c", *epochs)])
     for name in ("train-000000.tar", "train-000001.tar", "val-000000.tar"):
         assert server.requests[name] == 1, name  # three epochs, one fetch
     (copy,) = cache.glob("*-train-000000.tar")
     assert copy.stat().st_size == (shards / "train-000000.tar").stat().st_size
     with open(copy, "r+b") as f:
         f.truncate(1000)  # damaged: fetched again
-    python_run([TRAIN, *args_for(*urls, tmp_path / "c2", *epochs)])
+    python_run([TRAIN, *run_args(*urls, tmp_path / "c2", *epochs)])
     assert server.requests["train-000000.tar"] == 2 and server.requests["train-000001.tar"] == 1
     assert copy.read_bytes() == (shards / "train-000000.tar").read_bytes()
 
@@ -168,18 +145,18 @@ def test_without_a_manifest_steps_train_and_epochs_stop_in_one_line(shards, tmp_
     with ShardServer(bare) as server:
         urls = (f"{server.url}/train-{{000000..000001}}.tar",
                 f"{server.url}/val-{{000000..000001}}.tar")  # fmt: skip
-        proc = python_run([TRAIN, *args_for(*urls, tmp_path / "n", "train.max_steps=3",
+        proc = python_run([TRAIN, *run_args(*urls, tmp_path / "n", "train.max_steps=3",
                                             "train.val_every=3")])  # fmt: skip
         assert "no manifest.json reachable beside" in proc.stdout
         assert proc.stdout.count("no manifest.json reachable") == 2  # train, val: one line each
-        assert len(losses(tmp_path / "n")) == 3
-        proc = python_run([TRAIN, *args_for(*urls, tmp_path / "e", "train.max_epochs=1",
+        assert len(run_losses(tmp_path / "n")) == 3
+        proc = python_run([TRAIN, *run_args(*urls, tmp_path / "e", "train.max_epochs=1",
                                             "train.max_steps=0")], check=False)  # fmt: skip
         assert proc.returncode == 2
         assert "train.max_epochs needs the shards' manifest" in proc.stderr.strip().splitlines()[-1]
         # data.manifest names one kept elsewhere (a path here; a URL works the same)
         given = f"data.manifest={shards / 'manifest.json'}"
-        proc = python_run([TRAIN, *args_for(*urls, tmp_path / "m", "train.max_epochs=1",
+        proc = python_run([TRAIN, *run_args(*urls, tmp_path / "m", "train.max_epochs=1",
                                             "train.max_steps=0", given)])  # fmt: skip
         assert "no manifest.json reachable" not in proc.stdout
         assert "finished at step 4" in proc.stdout  # 16 samples, batch 4: one epoch
