@@ -276,9 +276,8 @@ def parse_args(argv: list[str] | None):
         help="also score recorded speech: a make reccorpus folder (speech/, noise/)",
     )  # fmt: skip
     p.add_argument("--no-tune", action="store_true",
-                   help="keep each recipe's own correction share (default with --recorded: "
-                   "the share tune chooses for each spectral recipe on the recorded dev "
-                   "languages)")  # fmt: skip
+                   help="keep the main recipe's own correction share (default with --recorded: "
+                   "the share tune chooses on the recorded dev languages)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -294,24 +293,18 @@ def steps_sections(bridges: list[str], specs: dict, all_systems: dict, out: Path
     return lines, checks
 
 
-def tuned_shares(args, recorded, qd: QualityData, runs: dict, models: dict, main: str):
-    """With a recorded corpus (unless ``--no-tune``): for each spectral recipe, the shares
-    tune chooses on the dev languages, set on its denoiser for every table after, as a
-    user runs ``tune`` after training; else the models' own. Returns ``(main recipe's
-    share, report lines)``."""
-    own = getattr(models[main].model, "correction_scale", 1.0)
-    spectral = [r for r in runs if hasattr(models[r].model, "correction_scale")]
-    if recorded is None or args.no_tune or not spectral:
-        return own, []
-    items = mixed_items(recorded.dev, qd.test_noise | recorded.noises, qd.rate, clean_rows=True)
-    shares, lines = {}, []
-    for recipe in spectral:
-        best = runs[recipe] / "best.pt"
-        shares[recipe], text = tune_on_dev(best, items, recipe)
-        chosen = dict(zip(("correction_scale", "suppress_scale"), shares[recipe]))
-        set_shares(models[recipe].model, best, chosen)
-        lines += text
-    return shares.get(main, own), lines
+def tuned_share(args, recorded, qd: QualityData, run: Path, denoiser):
+    """With a recorded corpus and a spectral main recipe (unless ``--no-tune``): the
+    shares tune chooses on the dev languages, set on ``denoiser`` for every table after;
+    else the model's own share. Returns ``(share, report lines)``."""
+    model = denoiser.model
+    if recorded is None or args.no_tune or not hasattr(model, "correction_scale"):
+        return getattr(model, "correction_scale", 1.0), []
+    noises = qd.test_noise | recorded.noises
+    items = mixed_items(recorded.dev, noises, qd.rate, clean_rows=True)
+    chosen, lines = tune_on_dev(run / "best.pt", items)
+    set_shares(model, run / "best.pt", {"correction_scale": chosen[0], "suppress_scale": chosen[1]})
+    return chosen, lines
 
 
 def run_info(run: Path, model) -> dict:
@@ -346,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     models = {r: Denoiser.from_checkpoint(run / "best.pt", device="cpu") for r, run in runs.items()}
     main_recipe = "default" if "default" in specs else list(specs)[-1]
-    share, tune_text = tuned_shares(args, recorded, qd, runs, models, main_recipe)
+    share, tune_text = tuned_share(args, recorded, qd, runs[main_recipe], models[main_recipe])
     bridges = [r for r in specs if models[r].objective.conditioned]
     stepped = {k: v for r in bridges for k, v in quality_steps.step_systems(r, models[r]).items()}
     rows = evaluate.run(test_items(qd), {**models, "wiener": wiener, **stepped})

@@ -44,17 +44,14 @@ def recorded_section(tables: dict, folder: Path, part: str, files: int) -> list[
     return lines
 
 
-def tune_on_dev(
-    checkpoint: Path, items: list, recipe: str = ""
-) -> tuple[tuple[float, float], list[str]]:
-    """The correction shares ``python -m diffdenoise.tune`` would choose for ``recipe``'s
-    checkpoint, scored on the recorded dev items (never test), and the report's lines."""
+def tune_on_dev(checkpoint: Path, items: list) -> tuple[tuple[float, float], list[str]]:
+    """The correction shares ``python -m diffdenoise.tune`` would choose, scored on the
+    recorded dev items (never test), and the report's lines for them."""
     rows = evaluate.run(items, tune.systems_of(str(checkpoint)))
     summary = evaluate.summarise([r for r in rows if r["bucket"] != "clean"])
     chosen = tune.choose(summary)
     lines = [
-        f"## {recipe + ': t' if recipe else 'T'}he correction share, chosen on the recorded "
-        "dev languages",
+        "## The correction share, chosen on the recorded dev languages",
         "",
         f"As `python -m diffdenoise.tune` chooses it, on the dev part's "
         f"{summary['all']['noisy']['n']} noisy items (mean over all SNRs); every table of "
