@@ -2,6 +2,7 @@
 http.server in a thread): plain URLs and ``pipe:curl``, the manifest over HTTP, retries,
 a truncated download, a 404, a server that stops mid-run, and the local cache."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -160,3 +161,29 @@ def test_without_a_manifest_steps_train_and_epochs_stop_in_one_line(shards, tmp_
                                             "train.max_steps=0", given)])  # fmt: skip
         assert "no manifest.json reachable" not in proc.stdout
         assert "finished at step 4" in proc.stdout  # 16 samples, batch 4: one epoch
+
+
+def test_evaluate_and_tune_read_http_shards_as_training_does(shards, server, tmp_path):
+    """``--shards`` of evaluate (and tune, through the same reader) takes URLs: the same
+    scores as from the local files, and a dead server is one line, exit 2."""
+    reports = {}
+    for name, where in (("local", f"{shards}/val-*.tar"),
+                        ("http", f"{server.url}/val-{{000000..000001}}.tar")):  # fmt: skip
+        out = tmp_path / f"{name}.json"
+        evaluate = ["-m", "diffdenoise.evaluate", "--baseline", "--shards", where, "--snr", "5",
+                    "--json", str(out)]  # fmt: skip
+        python_run(evaluate)
+        reports[name] = json.loads(out.read_text())
+    assert reports["http"]["summary"] == reports["local"]["summary"]
+    assert reports["http"]["summary"]["all"]["wiener"]["n"] == 10  # every val sample
+
+    server.stop()
+    dead = f"{server.url}/val-{{000000..000001}}.tar"
+    checkpoint = "tests/data/premove-spectral/best.pt"
+    for command in (["-m", "diffdenoise.evaluate", "--baseline", "--shards", dead],
+                    ["-m", "diffdenoise.tune", checkpoint, "--shards", dead, "-o",
+                     str(tmp_path / "t.pt")]):  # fmt: skip
+        proc = python_run([*command, "--snr", "5"], check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --shards {dead}: 2 shards in a row could not be fetched")

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm import tqdm
 
 from diffdenoise.common.cli import entry
 from diffdenoise.common.files import atomic_path
 from diffdenoise.common.progress import progress
-from diffdenoise.data import audio, noise, room
+from diffdenoise.data import audio, noise, room, tarindex
 from diffdenoise.data.pipeline import DataError, expand_urls
 from diffdenoise.evaluation.baseline import wiener
 from diffdenoise.inference.denoiser import Denoiser
@@ -117,12 +116,21 @@ def paired(key: str, clean: np.ndarray, noisy: np.ndarray, rate: int) -> Item:
 
 
 def shard_items(pattern: str, mixing: Mixing, limit: int = 0) -> Iterator[Item]:
-    """Items from WebDataset shards: stored noisy twins where present, else mixed noise."""
+    """Items from WebDataset shards, local or remote (read as training reads them, with its
+    retries): stored noisy twins where present, else mixed noise."""
     try:
         urls = expand_urls(pattern)
     except DataError:
         raise EvalError(f"--shards {pattern}: matches no shard files") from None
-    samples = wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples())
+    samples = tarindex.read_shards(({"url": url} for url in sorted(urls)),
+                                   give_up_after=len(set(urls)))  # fmt: skip
+    try:
+        yield from _items_of(samples, mixing, limit)
+    except tarindex.ShardsUnreachable as err:
+        raise EvalError(f"--shards {pattern}: {err}") from None
+
+
+def _items_of(samples, mixing: Mixing, limit: int) -> Iterator[Item]:
     for index, sample in enumerate(samples):
         if limit and index >= limit:
             return
