@@ -92,6 +92,9 @@ def test_retries_are_counted_and_a_truncated_shard_is_skipped_with_one_warning(
     size = (shards / "train-000001.tar").stat().st_size
     assert f"truncated download, {size // 2} of {size} bytes" in proc.stderr
     assert proc.stderr.count("train-000001.tar: DataError") == 1
+    (line,) = [x for x in proc.stderr.splitlines() if "train-000001.tar: DataError" in x]
+    assert line.startswith(f"warning: {server.url}/train-000001.tar: DataError: unreachable")
+    assert "tarindex.py" not in proc.stderr  # one line, not Python's file and source line
     assert run_metric(tmp_path / "t", "train/shard_retries")[-1] >= 2 + 2
 
 

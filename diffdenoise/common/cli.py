@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,12 +72,26 @@ def os_error_line(err: OSError) -> str:
     return f"{err.filename}: {os_reason(err)}" if err.filename else os_reason(err)
 
 
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_DEFAULT_FORMAT = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """This package's warnings (a damaged shard, an unreachable one) as the one line a
+    user reads, ``warning: ...``, not Python's file, line and source line; another
+    library's as Python prints them."""
+    if str(Path(filename).resolve()).startswith(PACKAGE_DIR):
+        return f"warning: {message}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
+
+
 def entry(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Wrap a command's ``main``: Ctrl-C, a full disk or a read-only folder give one line
     (exit 130 or 2); any other exception is a bug, written to a traceback file that the
     one line names (exit 1)."""
 
     def wrapped(argv: list[str] | None = None) -> int:
+        warnings.formatwarning = _format_warning  # loader workers fork with it
         try:
             return main(argv)
         except KeyboardInterrupt:
