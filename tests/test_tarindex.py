@@ -175,3 +175,33 @@ def test_a_read_shards_memory_receives_the_next_fetch_and_sizes_are_still_checke
     idle = pool.idle_bytes()
     pool.give(bytearray(100), keep_bytes=idle + 99)
     assert pool.idle_bytes() == idle  # more than the policy keeps idle: let go
+
+
+def test_a_fetched_pcm16_shard_is_read_without_copies_and_reused_only_when_unviewed(
+    tmp_path, monkeypatch
+):
+    """Members of a shard in memory are views of its buffer: the loader's int16 crops equal
+    the file's, and the buffer receives no later fetch while a crop still views it."""
+    shards = make_shards(tmp_path, n=4, extra=["--format", "pcm16"])
+    path = sorted(shards.glob("train-*.tar"))[0]
+    url = f"pipe:cat {path}"
+    pool = recvpool.RecvPool()
+    monkeypatch.setattr(remote, "POOL", pool)
+    monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes={url: path.stat().st_size}))
+
+    fetched = tarindex.Buffer(remote.fetch_shard(url), url)
+    memory = fetched.data.obj
+    from_memory = list(tarindex.samples(fetched))
+    member = audio.member(from_memory[0])
+    assert isinstance(member[:1000], memoryview) and member[:1000].obj is memory  # no copy
+    crops = [audio.Encoded(audio.member(s)).read(keep_int16=True) for s in from_memory]
+    from_file = [audio.Encoded(audio.member(s)).read(keep_int16=True)
+                 for s in tarindex.samples(str(path))]  # fmt: skip
+    assert len(crops) == len(from_file) and all(map(np.array_equal, crops, from_file))
+
+    del fetched, from_memory, member
+    assert pool.free == [memory] and recvpool.in_use(memory)  # the crops view it still
+    assert remote.fetch_shard(url).obj is not memory  # so the next fetch gets other memory
+    del crops
+    assert not recvpool.in_use(memory) and bytes(memory[:512]) == path.read_bytes()[:512]
+    assert remote.fetch_shard(url).obj is memory  # now it is free to receive again

@@ -7,6 +7,12 @@ itself, and taken from the loader. So a shard's buffer comes back here when the 
 sample that points into it is gone (:class:`~diffdenoise.data.tarindex.Buffer`), and the
 next fetch receives into it, its pages already mapped. At most ``read_ahead_mb`` of idle
 buffers are kept per process: the memory that read-ahead holds anyway.
+
+Reads of a fetched shard are views into its buffer, not copies (a copy per member cost
+the loader a tenth of its speed), and a decoded int16 crop may still view it when the
+shard itself is gone. So a buffer given back is handed out again only once no view of it
+is left: Python refuses to resize a ``bytearray`` that is viewed, which :func:`in_use`
+asks without changing it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ class RecvPool:
         """A buffer of more than ``size`` bytes (one more shows a download too long)."""
         with self.lock:
             free = self._mine()
-            fits = [b for b in free if len(b) > size]
+            fits = [b for b in free if len(b) > size and not in_use(b)]
             if fits:
                 best = min(fits, key=len)
                 free.remove(best)
@@ -50,6 +56,16 @@ class RecvPool:
     def idle_bytes(self) -> int:
         with self.lock:
             return sum(map(len, self._mine()))
+
+
+def in_use(buffer: bytearray) -> bool:
+    """Whether a view of ``buffer`` is alive: then a resize is refused, and the buffer left
+    as it was (the last byte is taken off and put back, in place)."""
+    try:
+        buffer.append(buffer.pop())
+    except BufferError:
+        return True
+    return False
 
 
 POOL = RecvPool()

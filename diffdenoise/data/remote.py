@@ -284,8 +284,9 @@ def read_bytes(url: str, fetch: FetchPolicy | None = None) -> bytes:
 
 
 def recycle(view: memoryview) -> None:
-    """Give the buffer behind a :func:`fetch_bytes` view back for the next fetch. Only once
-    nothing reads it: every read of a fetched shard copies its bytes out."""
+    """Give the buffer behind a :func:`fetch_bytes` view back for the next fetch, which
+    receives into it once no read of the shard views it any more
+    (:func:`~diffdenoise.data.recvpool.in_use`)."""
     buffer = view.obj
     try:
         view.release()

@@ -72,11 +72,11 @@ def size_of(path) -> int:
     return len(path.data) if isinstance(path, Buffer) else os.path.getsize(path)
 
 
-def pread(path, offset: int, count: int) -> bytes:
-    """``count`` bytes of ``path`` (a file or a :class:`Buffer`) from ``offset`` (fewer
-    only at the end)."""
+def pread(path, offset: int, count: int) -> bytes | memoryview:
+    """``count`` bytes of ``path`` from ``offset`` (fewer only at the end): of a file,
+    bytes; of a :class:`Buffer`, a read-only view of them, not a copy."""
     if isinstance(path, Buffer):
-        out = bytes(path.data[offset : offset + count])
+        out = path.data[offset : offset + count]
     else:
         out = os.pread(_FILES.fd(path), count, offset)
     _READS[0] += 1
@@ -105,19 +105,19 @@ class Member:
         if stop <= start:
             return b""
         if stop <= HEAD:
-            if self._head is None:
-                self._head = self._read(0, min(HEAD, self.size))
+            if self._head is None:  # a copy: a view kept here would hold a shard's buffer
+                self._head = bytes(self._read(0, min(HEAD, self.size)))
             return self._head[start:stop]
         return self._read(start, stop - start)
 
-    def _read(self, start: int, count: int) -> bytes:
+    def _read(self, start: int, count: int) -> bytes | memoryview:
         out = pread(self.path, self.offset + start, count)
         if len(out) != count:
             raise DataError(f"{self.path}: truncated tar member at byte {self.offset + start}")
         return out
 
     def __bytes__(self) -> bytes:
-        return self[:]
+        return bytes(self[:])
 
 
 def _number(field: bytes) -> int:
@@ -145,7 +145,7 @@ def members(path: str) -> Iterator[tuple[str, int, int]]:
     """
     end, pos, long_name = size_of(path), 0, None
     while pos + BLOCK <= end:
-        header = pread(path, pos, BLOCK)
+        header = bytes(pread(path, pos, BLOCK))
         if header.count(0) == BLOCK:
             return  # the end-of-archive blocks
         if _number(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
@@ -155,7 +155,7 @@ def members(path: str) -> Iterator[tuple[str, int, int]]:
         if data + size > end:
             raise DataError(f"{path}: truncated tar member at byte {pos}")
         if kind in (b"L", b"x"):  # the next member's name: GNU long name or pax header
-            raw = pread(path, data, size)
+            raw = bytes(pread(path, data, size))
             long_name = _text(raw.rstrip(b"\0")) if kind == b"L" else _pax_path(raw)
         elif kind in (b"0", b"\0", b"7"):
             name = long_name or _name(header)
