@@ -90,7 +90,8 @@ def read_stats() -> tuple[int, int]:
 
 
 class Member:
-    """One tar member's bytes, read on demand: ``len(m)`` and ``m[a:b]`` work as on bytes."""
+    """One tar member's bytes, read on demand: ``len(m)`` and ``m[a:b]`` work as on bytes
+    (a slice of a fetched shard is a read-only view of its buffer; ``bytes(m)`` copies)."""
 
     __slots__ = ("_head", "offset", "path", "size")
 
@@ -100,7 +101,7 @@ class Member:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, where: slice) -> bytes:
+    def __getitem__(self, where: slice) -> bytes | memoryview:
         start, stop, _ = where.indices(self.size)
         if stop <= start:
             return b""
