@@ -6,13 +6,12 @@ wrote; the runs read them through the credentials and endpoint variables the doc
 
 import json
 import os
-import socket
 import time
 
 import pytest
 
 from diffdenoise.data import remote
-from tests.distributed import cpu_env, python_run
+from tests.distributed import cpu_env, free_port, python_run
 from tests.helpers import make_shards, run_args, run_losses
 
 # gcsfs reads this on import: its experimental bucket-type lookup speaks gRPC over TLS,
@@ -32,12 +31,6 @@ NO_AWS_FILES = {
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
 }  # fmt: skip
 GCS_PLAIN = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -191,16 +184,19 @@ def test_store_errors_are_sorted_into_retry_or_stop():
 
     from diffdenoise.data import cloud
 
+    def transient(err):
+        return cloud.is_transient(err, remote.TRANSIENT_HTTP)
+
     throttled = ClientError({"Error": {"Code": "SlowDown"},
                              "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")  # fmt: skip
     denied = ClientError({"Error": {"Code": "AccessDenied"},
                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")  # fmt: skip
-    assert cloud.is_transient(EndpointConnectionError(endpoint_url="http://x"))
-    assert cloud.is_transient(throttled) and not cloud.is_transient(denied)
-    assert cloud.is_transient(HttpError({"code": 503, "message": "backend"}))
-    assert not cloud.is_transient(HttpError({"code": 404, "message": "no such object"}))
-    assert not cloud.is_transient(NoCredentialsError())
-    assert not cloud.is_transient(FileNotFoundError("bucket/key"))
+    assert transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert transient(throttled) and not transient(denied)
+    assert transient(HttpError({"code": 503, "message": "backend"}))
+    assert not transient(HttpError({"code": 404, "message": "no such object"}))
+    assert not transient(NoCredentialsError())
+    assert not transient(FileNotFoundError("bucket/key"))
     assert all(cloud.is_client_error(e) for e in (throttled, NoCredentialsError()))
     assert not cloud.is_client_error(TypeError("a bug"))
 

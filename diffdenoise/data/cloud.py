@@ -49,14 +49,15 @@ def is_client_error(err: BaseException) -> bool:
     return type(err).__module__.split(".")[0] in CLIENT_MODULES
 
 
-def is_transient(err: BaseException) -> bool:
+def is_transient(err: BaseException, transient_http: set[int]) -> bool:
     """Whether trying again may help: a connection or timeout failure, throttling, or an
-    HTTP 5xx, 408 or 429; not a missing object, missing credentials or a refusal."""
+    HTTP status in ``transient_http`` (:data:`~diffdenoise.data.remote.TRANSIENT_HTTP`);
+    not a missing object, missing credentials or a refusal."""
     if isinstance(err, (FileNotFoundError, PermissionError)):
         return False
     status = getattr(err, "code", None) or _boto_status(err)
     if isinstance(status, int):
-        return status in {408, 425, 429} or status >= 500
+        return status in transient_http
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     return any(word in type(err).__name__ for word in TRANSIENT_WORDS)

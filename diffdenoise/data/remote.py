@@ -143,7 +143,7 @@ def _as_fetch_error(url: str):
         if not cloud.is_client_error(err):
             raise  # a bug here, not a failed request
         raise FetchError(f"{url}: {type(err).__name__}: {err}",
-                         transient=cloud.is_transient(err)) from None  # fmt: skip
+                         transient=cloud.is_transient(err, TRANSIENT_HTTP)) from None  # fmt: skip
 
 
 def _stream(url: str, timeout: float):
