@@ -49,10 +49,12 @@ def remote_rate(url: str, shards: Path, batches: int) -> float:
         remote.configure(remote.FetchPolicy())
 
 
-def bench_remote(work: Path, rounds: int = 7, batches: int = 150) -> list[dict]:
+def bench_remote(work: Path, rounds: int = 7, batches: int = 400) -> list[dict]:
     """Each round reads the same shards locally and from each server, one after another,
     so that a shared machine's slow spells fall on both sides of a share; a row is the
-    median of the rounds' shares."""
+    median of the rounds' shares. A first pass, not counted, warms every path (page cache,
+    allocator, buffer pool), and the rounds alternate which side reads first, so neither
+    side gains from a process that speeds up as it runs."""
     torch.set_num_threads(1)
     crops, long_members = crop_shards(work), format_shards(work)["pcm16"]
     shares: dict[str, list[float]] = {"plain": [], "slow": [], "long": []}
@@ -61,14 +63,23 @@ def bench_remote(work: Path, rounds: int = 7, batches: int = 150) -> list[dict]:
         plain, slow, long_url = (stack.enter_context(served_elsewhere(folder, latency=latency))
                                  for folder, latency in ((crops, 0.0), (crops, LATENCY_S),
                                                          (long_members, 0.0)))  # fmt: skip
-        for _ in range(rounds):
-            local = loader_rate(crops, batches)
-            for name, url in (("plain", plain), ("slow", slow)):
-                rates[name].append(remote_rate(url, crops, batches))
-                shares[name].append(rates[name][-1] / local)
-            rates["local"].append(local)
-            long_local = loader_rate(long_members, batches)
-            shares["long"].append(remote_rate(long_url, long_members, batches) / long_local)
+        measure = {
+            "local": lambda: loader_rate(crops, batches),
+            "plain": lambda: remote_rate(plain, crops, batches),
+            "slow": lambda: remote_rate(slow, crops, batches),
+            "long_local": lambda: loader_rate(long_members, batches),
+            "long": lambda: remote_rate(long_url, long_members, batches),
+        }
+        for warm in measure.values():
+            warm()
+        for n in range(rounds):
+            order = list(measure) if n % 2 == 0 else list(reversed(measure))
+            got = {name: measure[name]() for name in order}
+            for name in ("plain", "slow"):
+                rates[name].append(got[name])
+                shares[name].append(got[name] / got["local"])
+            rates["local"].append(got["local"])
+            shares["long"].append(got["long"] / got["long_local"])
     torch.set_num_threads(2)
     rate = {name: round(statistics.median(r)) for name, r in rates.items()}
     share = {name: round(statistics.median(s), 2) for name, s in shares.items()}

@@ -50,6 +50,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Connections waiting to be accepted, as a store's front end keeps: with socketserver's
+    # 5, a loader's 16 requests at once overflow it, and a dropped SYN waits 1 s to retry.
+    request_queue_size = 128
     requests: collections.Counter
     failures: dict
     truncated: set
