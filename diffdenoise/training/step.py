@@ -32,9 +32,10 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float, ob
         sync = acc.no_sync(model) if i < len(batches) - 1 else nullcontext()
         with sync, acc.autocast():
             total, parts = loss_fn(objective.predict(model, batch), batch["clean"])
-            acc.backward(total / len(batches))
-        for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / len(batches)
+            acc.backward(total / len(batches) if len(batches) > 1 else total)
+        for k, v in parts.items():  # one micro-batch launches nothing: / 1 and 0 + are exact
+            v = v.detach().float() / len(batches) if len(batches) > 1 else v.detach().float()
+            parts_sum[k] = parts_sum[k] + v if k in parts_sum else v
     grad_norm = acc.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     grad_norm = torch.as_tensor(grad_norm, device=parts_sum["total"].device).float()
     bad = ~(torch.isfinite(grad_norm) & torch.isfinite(parts_sum["total"]))
