@@ -80,15 +80,17 @@ def run_args(train: str, val: str, runs: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def run_rows(runs: Path) -> list[dict]:
+    """The ``metrics.jsonl`` rows of the one run folder under ``runs``, in order."""
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def run_metric(runs: Path, key: str) -> list:
     """``key``'s values in the one run folder under ``runs``, in order."""
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r[key] for r in rows if key in r]
+    return [r[key] for r in run_rows(runs) if key in r]
 
 
 def run_losses(runs: Path) -> dict[int, float]:
     """Step -> training loss of the one run folder under ``runs``."""
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
+    return {r["step"]: r["train/total"] for r in run_rows(runs) if "train/total" in r}

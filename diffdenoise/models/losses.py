@@ -77,8 +77,8 @@ class STFTLoss(nn.Module):
         """Returns ``(total, parts)``; a term whose weight is 0 is neither computed (its
         launches cost GPU time for nothing) nor reported."""
         X, Y = self.stft(estimate), self.stft(target)
-        # Views, as .real and .imag are, but their gradients meet in one stack: each of
-        # .real and .imag zero-fills a complex gradient and copies into it, 4 launches per use.
+        # Views, as .real and .imag are, but their gradients meet in one stack backward,
+        # where each use of .real or .imag zero-fills a complex gradient and copies into it.
         xr, xi = torch.view_as_real(X).unbind(-1)
         yr, yi = torch.view_as_real(Y).unbind(-1)
         px, py = xr.square() + xi.square(), yr.square() + yi.square()

@@ -32,9 +32,9 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float, ob
         sync = acc.no_sync(model) if i < len(batches) - 1 else nullcontext()
         with sync, acc.autocast():
             total, parts = loss_fn(objective.predict(model, batch), batch["clean"])
-            acc.backward(total / len(batches) if len(batches) > 1 else total)
-        for k, v in parts.items():  # one micro-batch launches nothing: / 1 and 0 + are exact
-            v = v.detach().float() / len(batches) if len(batches) > 1 else v.detach().float()
+            acc.backward(_share(total, len(batches)))
+        for k, v in parts.items():  # no 0 + v: a launch for nothing
+            v = _share(v.detach().float(), len(batches))
             parts_sum[k] = parts_sum[k] + v if k in parts_sum else v
     grad_norm = acc.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     grad_norm = torch.as_tensor(grad_norm, device=parts_sum["total"].device).float()
@@ -48,6 +48,11 @@ def train_step(model, loss_fn, optimizer, batches, acc, max_grad_norm: float, ob
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return parts_sum, grad_norm, bad
+
+
+def _share(x: torch.Tensor, micro_batches: int) -> torch.Tensor:
+    """One micro-batch's share of a step's mean; of one, ``x`` itself (/ 1 is a launch)."""
+    return x / micro_batches if micro_batches > 1 else x
 
 
 def ema_update(ema, parameters, bad: torch.Tensor) -> None:
