@@ -701,7 +701,9 @@ def test_ctrl_c_saves_and_resumes_exactly_and_a_second_run_cannot_share_the_fold
     python_run([TRAIN, *args_for(shards, tmp_path / "a", *common)])
     runs = tmp_path / "b"
     proc = start_training(args_for(shards, runs, *common), runs / "r")
+    os.killpg(proc.pid, signal.SIGSTOP)  # paused, it cannot end while the second one starts
     second = python_run([TRAIN, *args_for(shards, runs, *common)], check=False)
+    os.killpg(proc.pid, signal.SIGCONT)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
         f"error: {runs / 'r'} is in use by another training (pid {proc.pid} on "
