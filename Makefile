@@ -96,12 +96,13 @@ $(DEVCORPUS)/speech/meta.json: | $(STAMP)
 		festvox-kdlpc16k fortune-mod fortunes fortunes-min)
 	$(PY) $(DEVCORPUS_SCRIPT) $(DEVCORPUS) --minutes 30 --seed 1
 
-# Recorded speech (KTuberling's words, 26 languages) and recorded noise (game music and sound
-# effects) from Debian packages that are not reserved for the independent evaluation.
+# Recorded speech (KTuberling's words, 26 languages; KLettres' letters, for training only)
+# and recorded noise (game music and sound effects) from Debian packages that are not
+# reserved for the independent evaluation.
 RECCORPUS := data/reccorpus
-reccorpus: $(RECCORPUS)/speech/meta.json
+reccorpus: $(RECCORPUS)/train-speech/meta.json
 
-$(RECCORPUS)/speech/meta.json: | $(STAMP)
+$(RECCORPUS)/train-speech/meta.json: | $(STAMP)
 	$(PY) -m diffdenoise.reccorpus $(RECCORPUS)
 
 shards: $(STAMP)

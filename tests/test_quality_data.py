@@ -12,14 +12,18 @@ from diffdenoise.data import noise
 LANGUAGES = ["ca", "da", "de", "el", "en", "fr", "gl", "lt", "sl", "sr", "sr@latin", "uk"]
 
 
-def corpus(root, utterances: int = 4):
-    """``utterances`` files of each of :data:`LANGUAGES`, named as make reccorpus does."""
+def corpus(root, utterances: int = 4, more: tuple[str, ...] = ()):
+    """``utterances`` files of each of :data:`LANGUAGES`, named as make reccorpus does, and
+    two of each of ``more`` in ``train-speech/``."""
     rng = np.random.default_rng(0)
-    (root / "speech").mkdir(parents=True)
-    (root / "noise").mkdir()
+    for folder in ("speech", "noise", "train-speech"):
+        (root / folder).mkdir(parents=True)
     for i in range(utterances * len(LANGUAGES)):
         name = f"{i:05d}_{LANGUAGES[i % len(LANGUAGES)]}.wav"
         sf.write(root / "speech" / name, 0.1 * rng.standard_normal(8000), 8000)
+    for i in range(2 * len(more)):
+        name = f"{i:05d}_{more[i % len(more)]}.wav"
+        sf.write(root / "train-speech" / name, 0.1 * rng.standard_normal(8000), 8000)
     sf.write(root / "noise" / "music.wav", 0.2 * rng.standard_normal(48000), 48000)
     return root
 
@@ -41,7 +45,12 @@ def test_recorded_parts_split_by_language_and_no_language_is_in_two_parts(tmp_pa
 def test_the_recorded_test_languages_never_reach_the_training_shards(tmp_path):
     from tests.helpers import make_corpus
 
-    rec = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
+    # train-speech/ holds other speakers of a train language (pt, as pt@BR), of a test one
+    # (en) and of a dev one (ca): only pt's may train
+    root = corpus(tmp_path / "rec", more=("pt@BR", "en", "ca"))
+    assert len(quality_data.recorded_parts(root, 16000).train) == 4 * 6  # not asked for
+    rec = quality_data.recorded_parts(root, 16000, train_speech=True)
+    assert len(rec.train) == 4 * 6 + 2 and len(rec.test) == 4 and len(rec.dev) == 4
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()
     for name in ("hiss", "rumble"):
@@ -60,7 +69,7 @@ def test_the_recorded_test_languages_never_reach_the_training_shards(tmp_path):
                 if member.name.endswith(".json"):
                     sources.add(json.loads(tar.extractfile(member).read())["source"])
     trained = {quality_data.language_of(s) for s in sources if s.startswith("recorded__")}
-    assert trained == {"de", "fr", "lt", "sr", "uk"}  # train's languages, and only those
+    assert trained == {"de", "fr", "lt", "sr", "uk", "pt"}  # train's languages, only those
 
 
 def test_a_corpus_of_too_few_languages_is_a_one_line_error(tmp_path):

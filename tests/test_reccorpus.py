@@ -45,6 +45,10 @@ def debs(tmp_path):
               for i in range(2)}  # fmt: skip
     words[f"{reccorpus.KTUBERLING}/en/broken.ogg"] = lambda p: p.write_bytes(b"not audio")
     deb(d, "ktuberling-data", words)
+    letters = {f"{reccorpus.KLETTRES}/{lang}/alpha/{c}.ogg": audio(tone(1.0, 22050), 22050)
+               for lang in ("de", "en", "pt_BR") for c in "abc"}  # fmt: skip
+    letters[f"{reccorpus.KLETTRES}/de/sounds.xml"] = lambda p: p.write_text("<sounds/>")
+    deb(d, "klettres-data", letters)
     hw = reccorpus.HEDGEWARS
     deb(d, "hedgewars-data", {
         f"{hw}/Music/a.ogg": audio(tone(2.0, 44100), 44100),
@@ -67,7 +71,8 @@ def test_builds_speech_and_noise_from_packages(debs, tmp_path, capsys):
     reccorpus.main([str(out), "--debs", str(debs)])
     printed = capsys.readouterr()
     assert "broken.ogg: skipped" in printed.err
-    assert "3 utterances, 0.2 min of speech" in printed.out
+    assert "3 utterances, 0.2 min of speech, 0.1 min more for training only" in printed.out
+    assert "sounds.xml" not in printed.err  # not audio: not read
     meta = json.loads((out / "speech/meta.json").read_text())
     # en: 9 words of 0.8 s -> 2 utterances of 4 words (3.2 s), the 9th left over; da: one
     # utterance of 2 words (3.2 s)
@@ -79,6 +84,11 @@ def test_builds_speech_and_noise_from_packages(debs, tmp_path, capsys):
         assert len(x) / rate == pytest.approx(m["seconds"]) and m["seconds"] >= 3.0
         assert np.abs(x).max() == pytest.approx(0.7, abs=1e-3)
         assert abs(x.mean()) < 1e-3  # the 0.2 DC offset is gone
+    # KLettres' letters: German and Brazilian Portuguese (train languages), never English
+    # (a test language), 3 letters of 1 s each in one utterance
+    more = json.loads((out / "train-speech/meta.json").read_text())
+    assert [(m["file"], len(m["words"])) for m in more] == [("00000_de.wav", 3),
+                                                           ("00001_pt@BR.wav", 3)]  # fmt: skip
     music, rate = sf.read(out / "noise/music.wav")
     assert rate == 16000 and len(music) == pytest.approx(3.0 * rate, abs=2)
     sfx, _ = sf.read(out / "noise/sfx.wav")

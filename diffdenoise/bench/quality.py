@@ -275,6 +275,9 @@ def parse_args(argv: list[str] | None):
         "--recorded", type=Path,
         help="also score recorded speech: a make reccorpus folder (speech/, noise/)",
     )  # fmt: skip
+    p.add_argument("--train-speech", action="store_true",
+                   help="with --recorded: train on its train-speech/ too (KLettres; not kept, "
+                   "docs/experiments.md 2026-12-06)")  # fmt: skip
     p.add_argument("--no-tune", action="store_true",
                    help="keep the main recipe's own correction share (default with --recorded: "
                    "the share tune chooses on the recorded dev languages)")  # fmt: skip
@@ -327,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     specs = {recipe_files(r)[0]: r for r in args.recipes.split(",") if r}
-    recorded = recorded_parts(args.recorded, args.rate) if args.recorded else None
+    recorded = (
+        recorded_parts(args.recorded, args.rate, args.train_speech) if args.recorded else None
+    )
     qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise,
                  recorded.train if recorded else [])  # fmt: skip
     args.runs.mkdir(parents=True, exist_ok=True)

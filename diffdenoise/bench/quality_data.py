@@ -104,9 +104,10 @@ def recorded_part(language: str) -> str:
     return next(part for part, upper in RECORDED_SPLIT if u < upper)
 
 
-def recorded_parts(folder: Path, rate: int) -> Recorded:
+def recorded_parts(folder: Path, rate: int, train_speech: bool = False) -> Recorded:
     """A recorded corpus (``make reccorpus``: ``speech/`` and ``noise/``) split by
-    language (:func:`recorded_part`): all of train's utterances, every
+    language (:func:`recorded_part`): all of train's utterances (with ``train_speech``,
+    also those of its ``train-speech/`` in a train language), every
     :data:`RECORDED_EVERY`-th of dev's and test's, and each noise file whole at ``rate``.
     Checked before any training starts."""
     speech_dir, noise_dir = folder / "speech", folder / "noise"
@@ -120,6 +121,10 @@ def recorded_parts(folder: Path, rate: int) -> Recorded:
     parts: dict[str, list[Path]] = {"train": [], "dev": [], "test": []}
     for rel in files:
         parts[recorded_part(language_of(rel))].append(speech_dir / rel)
+    more = folder / "train-speech"  # other speakers, for training only (make reccorpus)
+    for rel in audio.walk(more)[0] if train_speech and more.is_dir() else []:
+        if recorded_part(language_of(rel)) == "train":  # no dev or test language trains
+            parts["train"].append(more / rel)
     if not parts["test"] or not parts["dev"]:
         raise SystemExit(f"error: --recorded {folder}: its languages (the _<lang> of each "
                          "name) leave no test or dev part; it needs more languages")  # fmt: skip

@@ -9,6 +9,10 @@ evaluation (:data:`RESERVED`):
 - ``speech/``: the words of KTuberling's 26 language packs (``ktuberling-data``: about 30
   minutes of many speakers, 8 to 48 kHz), each language's words joined into utterances of
   at least :data:`UTTERANCE_S` seconds (``NNNNN_<lang>.wav``), with ``speech/meta.json``;
+  the quality tool splits them by language into train, dev and test;
+- ``train-speech/``: KLettres' letters and syllables (``klettres-data``: other speakers,
+  adults and children), joined the same way, only of the languages whose split is train
+  (a dev or test language's voices never reach training, whoever speaks them);
 - ``noise/music.wav``: Hedgewars' soundtrack (``hedgewars-data``, about 90 minutes);
 - ``noise/sfx.wav``: Hedgewars' and Warzone 2100's sound effects (``warzone2100-data``):
   shots, engines, explosions, the non-stationary noise a minimum-statistics filter misses.
@@ -35,17 +39,21 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from diffdenoise.bench.quality_data import recorded_part
+
 RATE = 16000
 PEAK = 0.7
 UTTERANCE_S = 3.0
 HIGHPASS_HZ = 60.0
-PACKAGES = ("ktuberling-data", "hedgewars-data", "warzone2100-data")
+PACKAGES = ("ktuberling-data", "klettres-data", "hedgewars-data", "warzone2100-data")
 # The independent evaluation's packages (issue 11): never used for training or tuning.
 RESERVED = (
     "asterisk-core-sounds-", "asterisk-prompt-", "fillets-ng-data", "ufoai-sound",
     "lincity-ng-data", "extremetuxracer-data", "planetblupi-music-midi", "fluid-soundfont-",
 )  # fmt: skip
 KTUBERLING = "usr/share/ktuberling/sounds"
+KLETTRES = "usr/share/klettres"
+AUDIO = (".ogg", ".oga", ".wav", ".flac", ".mp3")  # KLettres' folders hold XML beside them
 HEDGEWARS = "usr/share/games/hedgewars/Data"
 WARZONE = "usr/share/games/warzone2100/base.wz"
 
@@ -97,21 +105,31 @@ def utterances(words: list[Path], seconds: float = UTTERANCE_S):
             group, names = [], []
 
 
-def build_speech(root: Path, out: Path, seed: int = 1) -> list[dict]:
-    """KTuberling's language folders under ``root`` -> ``out/NNNNN_<lang>.wav``."""
+def build_speech(root: Path, out: Path, seed: int = 1, keep=lambda language: True) -> list[dict]:
+    """The language folders under ``root`` (their :data:`AUDIO` files, in subfolders too) ->
+    ``out/NNNNN_<lang>.wav``, for the languages ``keep`` accepts; a region's ``_`` becomes
+    ``@`` (``pt_BR`` -> ``pt@BR``: the split groups a language's variants)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     meta = []
     for lang in sorted(p for p in root.iterdir() if p.is_dir()):
-        words = sorted(p for p in lang.iterdir() if p.is_file())
+        language = lang.name.replace("_", "@")
+        words = sorted(p for p in lang.rglob("*") if p.suffix.lower() in AUDIO and p.is_file())
+        if not keep(language) or not words:
+            continue
         for audio, names in utterances([words[i] for i in rng.permutation(len(words))]):
-            name = f"{len(meta):05d}_{lang.name}.wav"
+            name = f"{len(meta):05d}_{language}.wav"
             seconds = write(out / name, highpassed(audio))
-            meta.append({"file": name, "language": lang.name, "words": names, "seconds": seconds})
+            meta.append({"file": name, "language": language, "words": names, "seconds": seconds})
     if not meta:
         raise CorpusError(f"{root}: no language folder with {UTTERANCE_S:g} s of words")
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def trained_on(language: str) -> bool:
+    """Whether the quality tool's split puts ``language`` (``pt@BR``: ``pt``) in train."""
+    return recorded_part(language.split("@")[0]) == "train"
 
 
 def build_noise(sources, path: Path) -> float:
@@ -156,13 +174,15 @@ def build(out: Path, debs: Path | None) -> dict:
         tree = tmp / "tree"
         unpack(debs, tree)
         speech = build_speech(tree / KTUBERLING, out / "speech")
+        train_speech = build_speech(tree / KLETTRES, out / "train-speech", keep=trained_on)
         (out / "noise").mkdir(parents=True, exist_ok=True)
         hedgewars = tree / HEDGEWARS
         music = build_noise(sorted((hedgewars / "Music").glob("*.ogg")), out / "noise/music.wav")
         effects = sorted((hedgewars / "Sounds").glob("*.ogg")) + warzone_sfx(tree / WARZONE)
         sfx = build_noise(effects, out / "noise/sfx.wav")
     return {"utterances": len(speech), "speech_s": sum(m["seconds"] for m in speech),
-            "music_s": music, "sfx_s": sfx}  # fmt: skip
+            "train_s": sum(m["seconds"] for m in train_speech), "music_s": music,
+            "sfx_s": sfx}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -174,9 +194,11 @@ def main(argv=None) -> None:
         summary = build(args.out, args.debs)
     except (CorpusError, subprocess.CalledProcessError, zipfile.BadZipFile) as e:
         raise SystemExit(f"error: {e}") from None
+    minutes = {key: f"{value / 60:.1f} min" for key, value in summary.items()}
     print(
-        f"{args.out}: {summary['utterances']} utterances, {summary['speech_s'] / 60:.1f} min of "
-        f"speech; music {summary['music_s'] / 60:.1f} min, sfx {summary['sfx_s'] / 60:.1f} min"
+        f"{args.out}: {summary['utterances']} utterances, {minutes['speech_s']} of speech, "
+        f"{minutes['train_s']} more for training only; music {minutes['music_s']}, "
+        f"sfx {minutes['sfx_s']}"
     )
 
 
