@@ -53,7 +53,7 @@ RESERVED = (
 )  # fmt: skip
 KTUBERLING = "usr/share/ktuberling/sounds"
 KLETTRES = "usr/share/klettres"
-AUDIO = (".ogg", ".oga", ".wav", ".flac", ".mp3")  # KLettres' folders hold XML beside them
+AUDIO = (".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3")  # KLettres holds XML beside them
 HEDGEWARS = "usr/share/games/hedgewars/Data"
 WARZONE = "usr/share/games/warzone2100/base.wz"
 
