@@ -95,7 +95,12 @@ def language_of(path: Path) -> str:
     """``00012_sr@latin.wav`` -> ``sr``: make reccorpus's naming, variants of a language
     (one speaker) together; a file named otherwise is its own group."""
     stem = Path(path).stem
-    return stem.rsplit("_", 1)[1].split("@")[0] if "_" in stem else stem
+    return base_language(stem.rsplit("_", 1)[1]) if "_" in stem else stem
+
+
+def base_language(language: str) -> str:
+    """``sr@latin`` -> ``sr``: a language's variants (one speaker) split together."""
+    return language.split("@")[0]
 
 
 def recorded_part(language: str) -> str:

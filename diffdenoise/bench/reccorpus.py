@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from diffdenoise.bench.quality_data import recorded_part
+from diffdenoise.bench.quality_data import base_language, recorded_part
 
 RATE = 16000
 PEAK = 0.7
@@ -129,7 +129,7 @@ def build_speech(root: Path, out: Path, seed: int = 1, keep=lambda language: Tru
 
 def trained_on(language: str) -> bool:
     """Whether the quality tool's split puts ``language`` (``pt@BR``: ``pt``) in train."""
-    return recorded_part(language.split("@")[0]) == "train"
+    return recorded_part(base_language(language)) == "train"
 
 
 def build_noise(sources, path: Path) -> float:
@@ -194,7 +194,7 @@ def main(argv=None) -> None:
         summary = build(args.out, args.debs)
     except (CorpusError, subprocess.CalledProcessError, zipfile.BadZipFile) as e:
         raise SystemExit(f"error: {e}") from None
-    minutes = {key: f"{value / 60:.1f} min" for key, value in summary.items()}
+    minutes = {key: f"{value / 60:.1f} min" for key, value in summary.items() if key.endswith("_s")}
     print(
         f"{args.out}: {summary['utterances']} utterances, {minutes['speech_s']} of speech, "
         f"{minutes['train_s']} more for training only; music {minutes['music_s']}, "
