@@ -209,7 +209,7 @@ def report(
                 f"Each recipe trained for {minutes:g} wall-clock minutes, one process and one "
                 f"thread each, at {qd.rate} Hz. Scored on {len(qd.test_speech)} held-out speech "
                 f"files mixed with held-out noise ({', '.join(sorted(qd.test_noise))}; "
-                f"'{qd.holdout}' was held out of training entirely).",
+                f"the '{qd.holdout}' noise file never reaches training).",
                 "",
                 "| recipe | steps | parameters | grad norm (median / max) | skipped steps |",
                 "|---|---:|---:|---:|---:|",
