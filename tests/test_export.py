@@ -148,3 +148,33 @@ def test_export_to_a_missing_folder_is_refused_before_the_work(causal_checkpoint
     assert (
         run.stderr.strip() == f"error: cannot write {target}: folder {target.parent} does not exist"
     )
+
+
+def test_the_quiet_frames_prior_exports_and_streams_as_torch_does(tmp_path):
+    """The quiet-frames history (frame powers and energies, ``inf`` before the first) is
+    state the graph carries like any other: the streamed graph equals torch's offline
+    model over more frames than the window holds."""
+    from diffdenoise.config import loading as config
+    from diffdenoise.inference.export import export
+    from diffdenoise.models.factory import build_model
+
+    cfg = config.load([config.find_config("realtime")], ["model.spectral.quiet_window_s=0.1"])
+    model = build_model(cfg.model, 16000).eval()
+    assert model.quiet_frames == 12
+    with torch.no_grad():
+        model.out.bias.copy_(torch.linspace(-1, 1, model.bins))
+    export(model, 16000, tmp_path / "s.onnx", streaming=True)
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"))
+    names = list(model.initial_state(1))
+    assert "quiet_power" in names and "quiet_energy" in names
+    state = {k: v.numpy() for k, v in model.initial_state(1).items()}
+    x = np.random.default_rng(8).standard_normal(40 * model.hop).astype(np.float32) * 0.1
+    outs = []
+    for block in x.reshape(-1, 1, model.hop):
+        result = session.run(None, {"samples": block, **state})
+        outs.append(result[0][0])
+        state = dict(zip(names, result[1:]))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)[None, None])[0, 0].numpy()
+    got = np.concatenate(outs)[model.n_fft - model.hop :]
+    np.testing.assert_allclose(got, want[: got.size], atol=1e-4)

@@ -19,12 +19,13 @@ from diffdenoise.training.checkpoint import CheckpointError
 from tests.distributed import ROOT
 
 
-def trained_looking(lookahead_ms=0.0, context=3, layers=2) -> CausalSpectralModel:
-    """A small causal model with random (not zero) output weights, as after training."""
+def trained_looking(lookahead_ms=0.0, context=3, layers=2, quiet_s=0.0) -> CausalSpectralModel:
+    """A small causal model with random (not zero) output weights, as after training;
+    ``quiet_s`` > 0: the quiet-frames prior over that window (6 frames at 0.05 s)."""
     torch.manual_seed(0)
     model = CausalSpectralModel(
         16000, hidden=16, layers=layers, context_frames=context, noise_window_s=0.1,
-        correction_scale=0.5, lookahead_ms=lookahead_ms, time_dim=8,
+        correction_scale=0.5, lookahead_ms=lookahead_ms, time_dim=8, quiet_window_s=quiet_s,
     )  # fmt: skip
     for p in model.out.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -47,10 +48,11 @@ def streamed(model, x: np.ndarray, sizes, seed=0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "lookahead_ms, length", [(0.0, 3001), (8.0, 3001), (16.0, 3001), (0.0, 6400)]
+    "lookahead_ms, length, quiet_s",
+    [(0.0, 3001, 0.0), (8.0, 3001, 0.0), (16.0, 3001, 0.0), (0.0, 6400, 0.0), (8.0, 6400, 0.05)],
 )
-def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms, length):
-    model = trained_looking(lookahead_ms)
+def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms, length, quiet_s):
+    model = trained_looking(lookahead_ms, quiet_s=quiet_s)
     x = np.random.default_rng(1).standard_normal(length).astype(np.float32) * 0.1
     want = offline(model, x)
     for seed, sizes in enumerate([[1], [0, 1, 2, 7, 128, 333], [160], [10000]]):
@@ -72,9 +74,9 @@ def test_flush_starts_a_new_stream_and_short_inputs_come_back_whole():
         live.process(np.array([np.nan], np.float32))
 
 
-@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0])
-def test_no_output_depends_on_input_beyond_the_latency(lookahead_ms):
-    model = trained_looking(lookahead_ms)
+@pytest.mark.parametrize("lookahead_ms, quiet_s", [(0.0, 0.0), (8.0, 0.0), (8.0, 0.05)])
+def test_no_output_depends_on_input_beyond_the_latency(lookahead_ms, quiet_s):
+    model = trained_looking(lookahead_ms, quiet_s=quiet_s)
     latency = round(model.latency_ms * 16)  # samples at 16 kHz
     assert latency == model.n_fft + model.lookahead * model.hop
     x = np.random.default_rng(3).standard_normal(4000).astype(np.float32) * 0.1
@@ -91,6 +93,19 @@ def test_untrained_causal_model_is_a_working_classical_filter():
     noisy = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
     out = offline(CausalSpectralModel(16000, hidden=8, layers=1, time_dim=8).eval(), noisy)
     assert si_sdr(clean, out) > si_sdr(clean, noisy) + 3
+
+
+def test_the_quiet_frames_prior_hears_noise_under_running_speech_better():
+    """A trailing one-second minimum holds speech when the talker does not pause for a
+    second, and takes it for noise; the quietest fifth of the frames so far does not."""
+    rng = np.random.default_rng(5)
+    clean = demo_data.utterance(rng, 4.0, 16000).astype(np.float32)
+    noisy = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
+    scores = {}
+    for quiet_s in (0.0, 8.0):
+        model = CausalSpectralModel(16000, hidden=8, layers=1, time_dim=8, quiet_window_s=quiet_s)
+        scores[quiet_s] = si_sdr(clean, offline(model.eval(), noisy))
+    assert scores[8.0] > scores[0.0] + 0.5, scores
 
 
 def test_realtime_config_meets_the_latency_target_and_builds_the_causal_model():
@@ -126,9 +141,11 @@ def test_streaming_a_trained_checkpoint_equals_its_offline_model(causal_checkpoi
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("lookahead_ms", [0.0, 8.0, 16.0])
-def test_frames_run_in_one_pass_equal_frames_stepped_one_by_one(lookahead_ms):
-    model = trained_looking(lookahead_ms)
+@pytest.mark.parametrize(
+    "lookahead_ms, quiet_s", [(0.0, 0.0), (8.0, 0.0), (16.0, 0.0), (8.0, 0.05)]
+)
+def test_frames_run_in_one_pass_equal_frames_stepped_one_by_one(lookahead_ms, quiet_s):
+    model = trained_looking(lookahead_ms, quiet_s=quiet_s)
     film = model.film(torch.zeros(1))
     x = torch.from_numpy(
         np.random.default_rng(2).standard_normal(40 * model.hop).astype(np.float32)

@@ -44,6 +44,8 @@ HELP = {
     "model.spectral.layers": "GRU layers",
     "model.spectral.context_frames": "frames the input convolution sees (one of them ahead)",
     "model.spectral.noise_window_s": "minimum-statistics window of the Wiener prior in seconds",
+    "model.spectral.quiet_window_s": "causal models: the prior's noise is the quietest fifth "
+    "of the frames over this many seconds; 0 = the trailing minimum over noise_window_s",
     "model.spectral.prior": "start from the Wiener gain (false: from 0.5)",
     "model.spectral.local_channels": "channels of a 2-D conv head shared across bins; 0 = off",
     "model.spectral.correction_scale": "share of the learned correction applied at inference",

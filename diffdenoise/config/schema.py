@@ -61,6 +61,7 @@ class SpectralConfig:
     layers: int = 2
     context_frames: int = 3
     noise_window_s: float = 1.0
+    quiet_window_s: float = 0.0
     prior: bool = True
     local_channels: int = 0
     correction_scale: float = 1.0
@@ -248,6 +249,7 @@ RANGES = {
         AT_LEAST_1,
     ),
     "model.spectral.noise_window_s": POSITIVE,
+    "model.spectral.quiet_window_s": AT_LEAST_0,
     "model.spectral.local_channels": AT_LEAST_0,
     **dict.fromkeys(["model.spectral.correction_scale", "model.spectral.suppress_scale"], SHARE),
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffdenoise.models import quiet
 from diffdenoise.models.blocks import check_input, sinusoidal_embedding
 from diffdenoise.models.kernels import decision_directed
 from diffdenoise.models.spectral import (
@@ -45,7 +46,9 @@ class CausalSpectralModel(nn.Module):
     """Noisy frames -> per-frame features -> causal conv + GRU -> gain -> overlap-add.
 
     Features per frame, over all bins: the log spectrum minus its mean over bins, the log
-    a-posteriori SNR against minimum statistics, and the decision-directed Wiener gain.
+    a-posteriori SNR against the noise estimate (minimum statistics, or with
+    ``quiet_window_s`` the quietest frames heard, :mod:`~diffdenoise.models.quiet`), and the
+    decision-directed Wiener gain.
     The frame is ``hop_ms``; the window ``win_ms`` is rounded to a whole number (at least
     two) of hops so the windows add up to one.
     """
@@ -59,6 +62,7 @@ class CausalSpectralModel(nn.Module):
         layers: int = 1,
         context_frames: int = 3,
         noise_window_s: float = 1.0,
+        quiet_window_s: float = 0.0,
         prior: bool = True,
         correction_scale: float = 1.0,
         suppress_scale: float | None = None,
@@ -83,6 +87,10 @@ class CausalSpectralModel(nn.Module):
             )
         self.window_frames = max(3, round(noise_window_s * sample_rate / self.hop))
         self.noise_bias = CAUSAL_NOISE_BIAS
+        # > 0: the prior's noise is the quietest frames' mean over this many (models.quiet);
+        # 0: the trailing minimum of the smoothed periodogram over window_frames
+        quiet_frames = max(2, round(quiet_window_s * sample_rate / self.hop))
+        self.quiet_frames = quiet_frames if quiet_window_s > 0 else 0
         self.prior, self.time_dim, self.correction_scale = prior, time_dim, correction_scale
         self.prior_floor, self.suppress_scale = prior_floor, suppress_scale
         self.anchor_weight = anchor_weight
@@ -134,8 +142,11 @@ class CausalSpectralModel(nn.Module):
         power = spec.real.square() + spec.imag.square() + POWER_EPS
         padded = F.pad(power, (SMOOTH_FRAMES - 1, 0), mode="replicate")
         smooth = F.avg_pool1d(padded, SMOOTH_FRAMES, stride=1)
-        past = F.pad(smooth, (self.window_frames - 1, 0), value=math.inf)
-        noise = self.noise_bias * -F.max_pool1d(-past, self.window_frames, stride=1)
+        if self.quiet_frames:
+            noise = quiet.quiet_noise(power, power.sum(1), power.shape[-1], self.quiet_frames)
+        else:
+            past = F.pad(smooth, (self.window_frames - 1, 0), value=math.inf)
+            noise = self.noise_bias * -F.max_pool1d(-past, self.window_frames, stride=1)
         classical = decision_directed(power / noise, DD_SMOOTHING)
         return self.stack(power, smooth, noise, classical), classical
 
@@ -170,7 +181,11 @@ class CausalSpectralModel(nn.Module):
             "ola": zeros(batch, self.n_fft - self.hop),
             "h": zeros(self.rnn.num_layers, batch, self.rnn.hidden_size),
             "count": zeros(batch, 1),  # frames seen
-        }
+        } | (
+            quiet.history(batch, self.bins, self.quiet_frames, w.device)
+            if self.quiet_frames
+            else {}
+        )
 
     @torch.inference_mode()
     def step(self, samples: torch.Tensor, state: dict, scale, shift, dft=None):
@@ -190,7 +205,10 @@ class CausalSpectralModel(nn.Module):
         powers = torch.cat([past[..., 1:], power[..., None]], -1)
         smooth = powers.mean(-1)
         smooths = torch.cat([state["smooth"][..., 1:], smooth[..., None]], -1)
-        noise = self.noise_bias * smooths.amin(-1)
+        noise, history = self.noise_bias * smooths.amin(-1), {}
+        if self.quiet_frames:
+            noise, history = quiet.extend(power[..., None], state, self.quiet_frames)
+            noise = noise[..., 0]
         posterior = power / noise
         prior = DD_SMOOTHING * state["dd"] + (1 - DD_SMOOTHING) * (posterior - 1).clamp_min(0)
         classical = prior / (1 + prior)
@@ -223,7 +241,7 @@ class CausalSpectralModel(nn.Module):
             "ola": torch.where(ready, ola[:, self.hop :], state["ola"]),
             "h": hidden,
             "count": state["count"] + 1,
-        }
+        } | history
         return ola[:, : self.hop], new
 
     @torch.inference_mode()
@@ -244,7 +262,11 @@ class CausalSpectralModel(nn.Module):
         powers = torch.cat([past[..., 1:], power], -1)
         smooth = F.avg_pool1d(powers, SMOOTH_FRAMES, stride=1)
         smooths = torch.cat([state["smooth"][..., 1:], smooth], -1)
-        noise = self.noise_bias * -F.max_pool1d(-smooths, self.window_frames, stride=1)
+        if self.quiet_frames:
+            noise, history = quiet.extend(power, state, self.quiet_frames)
+        else:
+            noise = self.noise_bias * -F.max_pool1d(-smooths, self.window_frames, stride=1)
+            history = {}
         posterior = power / noise
         classical = decision_directed(posterior, DD_SMOOTHING, state["dd"])
         feats = torch.cat(
@@ -267,9 +289,9 @@ class CausalSpectralModel(nn.Module):
             "ola": ola[:, (n - wait) * hop :],
             "h": hidden,
             "count": state["count"] + n,
-        }
-        quiet = samples.new_zeros(samples.shape[0], wait * hop)
-        return torch.cat([quiet, ola[:, : (n - wait) * hop]], -1), new
+        } | history
+        silent = samples.new_zeros(samples.shape[0], wait * hop)
+        return torch.cat([silent, ola[:, : (n - wait) * hop]], -1), new
 
     def _synthesise(self, feats, classicals, specs, wait: int, n: int, state, scale, shift):
         """:meth:`run_frames`' output frames ``wait..n``: the conv, GRU, gain and

@@ -33,8 +33,10 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
             sample_rate, time_dim=kwargs["time_dim"], lookahead_ms=lookahead_ms, **spectral
         )
     elif family == "spectral":
+        # Causal-only: the offline prior takes the quietest frames of the whole input.
+        spectral = {k: v for k, v in dict(spectral).items() if k != "quiet_window_s"}
         model = SpectralMaskModel(
-            sample_rate, time_dim=kwargs["time_dim"], conditioned=conditioned, **dict(spectral)
+            sample_rate, time_dim=kwargs["time_dim"], conditioned=conditioned, **spectral
         )
     else:
         model = AudioDiffusionModel(**kwargs, conditioned=conditioned)
