@@ -205,10 +205,11 @@ class CausalSpectralModel(nn.Module):
         powers = torch.cat([past[..., 1:], power[..., None]], -1)
         smooth = powers.mean(-1)
         smooths = torch.cat([state["smooth"][..., 1:], smooth[..., None]], -1)
-        noise, history = self.noise_bias * smooths.amin(-1), {}
         if self.quiet_frames:
             noise, history = quiet.extend(power[..., None], state, self.quiet_frames)
             noise = noise[..., 0]
+        else:
+            noise, history = self.noise_bias * smooths.amin(-1), {}
         posterior = power / noise
         prior = DD_SMOOTHING * state["dd"] + (1 - DD_SMOOTHING) * (posterior - 1).clamp_min(0)
         classical = prior / (1 + prior)
