@@ -3,9 +3,10 @@ fifth of the frames heard in the last ``window`` frames.
 
 The baseline filter (:mod:`diffdenoise.evaluation.baseline`) takes the quietest fifth of a
 whole file, which a stream does not have. Over the frames heard so far the same rule
-scores within 0.1 dB of it on recorded speech, where a trailing one-second minimum (the
-causal model's other estimate) overestimates noise under running speech by about 1 dB of
-SI-SDR (docs/experiments.md, 2026-12-06). A bounded window keeps a stream's state finite.
+scores 0.13 dB under it on recorded speech, where a trailing one-second minimum (the
+causal model's other estimate) holds speech, overestimates the noise and costs the prior
+0.94 dB of SI-SDR at the realtime frame (docs/experiments.md, 2026-12-06). A bounded
+window keeps a stream's state finite.
 
 One function serves whole files, training crops, blocks of frames and a single frame
 alike, so that streaming equals offline: every frame's estimate depends only on the
