@@ -173,7 +173,6 @@ class CausalSpectralModel(nn.Module):
         return {
             "history": zeros(batch, self.n_fft - self.hop),  # input samples of the frame before
             "power": zeros(batch, self.bins, SMOOTH_FRAMES),
-            "smooth": torch.full((batch, self.bins, self.window_frames), math.inf, device=w.device),
             "dd": torch.ones(batch, self.bins, device=w.device),
             "feats": zeros(batch, 3 * self.bins, self.context),
             "classical": zeros(batch, self.bins, self.lookahead + 1),
@@ -181,11 +180,17 @@ class CausalSpectralModel(nn.Module):
             "ola": zeros(batch, self.n_fft - self.hop),
             "h": zeros(self.rnn.num_layers, batch, self.rnn.hidden_size),
             "count": zeros(batch, 1),  # frames seen
-        } | (
-            quiet.history(batch, self.bins, self.quiet_frames, w.device)
-            if self.quiet_frames
-            else {}
-        )
+        } | self.noise_state(batch)
+
+    def noise_state(self, batch: int) -> dict[str, torch.Tensor]:
+        """The noise estimate's history: the quiet frames' window, or the smoothed
+        periodogram's last ``window_frames`` for the trailing minimum (``inf``: none)."""
+        w = self.analysis
+        if self.quiet_frames:
+            return quiet.history(batch, self.bins, self.quiet_frames, w.device)
+        return {
+            "smooth": torch.full((batch, self.bins, self.window_frames), math.inf, device=w.device)
+        }
 
     @torch.inference_mode()
     def step(self, samples: torch.Tensor, state: dict, scale, shift, dft=None):
@@ -204,12 +209,12 @@ class CausalSpectralModel(nn.Module):
         past = torch.where(started, state["power"], power[..., None].expand_as(state["power"]))
         powers = torch.cat([past[..., 1:], power[..., None]], -1)
         smooth = powers.mean(-1)
-        smooths = torch.cat([state["smooth"][..., 1:], smooth[..., None]], -1)
         if self.quiet_frames:
             noise, history = quiet.extend(power[..., None], state, self.quiet_frames)
             noise = noise[..., 0]
         else:
-            noise, history = self.noise_bias * smooths.amin(-1), {}
+            smooths = torch.cat([state["smooth"][..., 1:], smooth[..., None]], -1)
+            noise, history = self.noise_bias * smooths.amin(-1), {"smooth": smooths}
         posterior = power / noise
         prior = DD_SMOOTHING * state["dd"] + (1 - DD_SMOOTHING) * (posterior - 1).clamp_min(0)
         classical = prior / (1 + prior)
@@ -234,7 +239,6 @@ class CausalSpectralModel(nn.Module):
         new = {
             "history": frame[:, self.hop :],
             "power": powers,
-            "smooth": smooths,
             "dd": classical.square() * posterior,
             "feats": feats,
             "classical": classicals,
@@ -262,12 +266,12 @@ class CausalSpectralModel(nn.Module):
         past = torch.where(started, state["power"], power[..., :1].expand_as(state["power"]))
         powers = torch.cat([past[..., 1:], power], -1)
         smooth = F.avg_pool1d(powers, SMOOTH_FRAMES, stride=1)
-        smooths = torch.cat([state["smooth"][..., 1:], smooth], -1)
         if self.quiet_frames:
             noise, history = quiet.extend(power, state, self.quiet_frames)
         else:
+            smooths = torch.cat([state["smooth"][..., 1:], smooth], -1)
             noise = self.noise_bias * -F.max_pool1d(-smooths, self.window_frames, stride=1)
-            history = {}
+            history = {"smooth": smooths[..., -self.window_frames :]}
         posterior = power / noise
         classical = decision_directed(posterior, DD_SMOOTHING, state["dd"])
         feats = torch.cat(
@@ -282,7 +286,6 @@ class CausalSpectralModel(nn.Module):
         new = {
             "history": wave[:, n * hop :],
             "power": powers[..., -SMOOTH_FRAMES:],
-            "smooth": smooths[..., -self.window_frames :],
             "dd": classical[..., -1].square() * posterior[..., -1],
             "feats": feats[..., -self.context :],
             "classical": classicals[..., -(self.lookahead + 1) :],

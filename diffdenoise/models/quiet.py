@@ -20,7 +20,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-QUIET_FRACTION = 0.2  # as the baseline filter and the offline prior pick quiet frames
+from diffdenoise.models.spectral import QUIET_FRACTION  # as the offline prior picks them
+
 BLOCK = 1024  # output frames per block: the (block, window + block) mask stays small
 
 
