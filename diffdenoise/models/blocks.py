@@ -31,3 +31,15 @@ def check_input(x: torch.Tensor, cond, conditioned: bool) -> None:
         raise ValueError(f"a bridge model needs cond (the noisy input) shaped like x; got {got}")
     if not conditioned and cond is not None:
         raise ValueError("this model was built for diffusion.objective=predictive: no cond")
+
+
+def shift_in(register: torch.Tensor, new: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """A shift register's next contents: ``register`` without its oldest entries along
+    ``dim``, then ``new`` (as many entries as it holds in all). A register of one entry
+    is ``new`` itself: no copy, which is a streaming step's saving when it keeps one frame
+    (in the register's shape: an exported scan's carry must keep its sizes and layout)."""
+    if register.shape[dim] == new.shape[dim]:
+        return new.reshape(register.shape)
+    return torch.cat(
+        [register.narrow(dim, new.shape[dim], register.shape[dim] - new.shape[dim]), new], dim
+    )

@@ -77,14 +77,41 @@ def _last_frame(powers: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
 def _quantile(windows: torch.Tensor) -> torch.Tensor:
     """``(batch, frames, window)`` energies, ``inf`` where none -> ``(batch, frames)``
     the :data:`QUIET_FRACTION` quantile of each row's finite values."""
-    ordered = windows.sort(-1).values
-    count = torch.isfinite(windows).sum(-1, keepdim=True).clamp_min(1)
-    rank = QUIET_FRACTION * (count - 1).to(windows.dtype)
+    window = windows.shape[-1]
+    ranks, weight = _ranks(window, windows.dtype, windows.device)
+    # the smallest values, in order, as far as the highest rank read (infs sort last)
+    needed = min(window, int(QUIET_FRACTION * (window - 1)) + 3)
+    ordered = windows.topk(needed, -1, largest=False).values
+    count = torch.isfinite(windows).sum(-1)  # (batch, frames)
+    pair = ordered.gather(-1, ranks[count])  # (batch, frames, 2): below and above the rank
+    return torch.lerp(pair[..., 0], pair[..., 1], weight[count])
+
+
+def _ranks(window: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each count of finite values ``0..window``: ``(window + 1, 2)`` the ranks of
+    the two order statistics the quantile lies between and ``(window + 1,)`` its weight
+    on the upper one, in ``dtype`` as ``torch.quantile`` computes them. A lookup by count
+    is a third of the operators of that arithmetic on a streaming step's hot path. Kept
+    between calls, except in a graph being traced (export, compile), where it is part of
+    the graph: a tensor made while tracing is no tensor to keep."""
+    if torch.compiler.is_compiling():
+        return _rank_table(window, dtype, device)
+    key = (window, dtype, torch.device(device))
+    if key not in _RANKS:
+        with torch.inference_mode(False):  # plain tensors, usable in and out of inference mode
+            _RANKS[key] = _rank_table(window, dtype, device)
+    return _RANKS[key]
+
+
+_RANKS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _rank_table(window: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    last = (torch.arange(window + 1, device=device) - 1).clamp_min(0).to(dtype)
+    rank = QUIET_FRACTION * last
     below = rank.floor()
-    above = torch.minimum(below + 1, (count - 1).to(windows.dtype))
-    low = ordered.gather(-1, below.long())
-    high = ordered.gather(-1, above.long())
-    return torch.lerp(low, high, rank - below)[..., 0]
+    above = torch.minimum(below + 1, last)
+    return torch.stack([below, above], -1).long(), rank - below
 
 
 def history(batch: int, bins: int, window: int, device) -> dict[str, torch.Tensor]:
