@@ -48,11 +48,20 @@ def streamed(model, x: np.ndarray, sizes, seed=0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "lookahead_ms, length, quiet_s",
-    [(0.0, 3001, 0.0), (8.0, 3001, 0.0), (16.0, 3001, 0.0), (0.0, 6400, 0.0), (8.0, 6400, 0.05)],
+    "lookahead_ms, length, quiet_s, context",
+    [
+        (0.0, 3001, 0.0, 3),
+        (8.0, 3001, 0.0, 3),
+        (16.0, 3001, 0.0, 3),
+        (0.0, 6400, 0.0, 3),
+        (8.0, 6400, 0.05, 3),
+        (0.0, 6400, 0.05, 1),  # realtime.yaml's shape: one-frame registers, no copy
+    ],
 )
-def test_streaming_equals_the_offline_causal_model_for_any_chunks(lookahead_ms, length, quiet_s):
-    model = trained_looking(lookahead_ms, quiet_s=quiet_s)
+def test_streaming_equals_the_offline_causal_model_for_any_chunks(
+    lookahead_ms, length, quiet_s, context
+):
+    model = trained_looking(lookahead_ms, context=context, quiet_s=quiet_s)
     x = np.random.default_rng(1).standard_normal(length).astype(np.float32) * 0.1
     want = offline(model, x)
     for seed, sizes in enumerate([[1], [0, 1, 2, 7, 128, 333], [160], [10000]]):
