@@ -156,7 +156,7 @@ def _validate_causal(cfg: DictConfig) -> None:
     if model.spectral.prior_tracking:
         raise ConfigError(
             "'model.spectral.prior_tracking' is for the offline model (the causal prior already "
-            "follows the noise by minimum statistics); set it to 0 with model.causal"
+            "follows the noise over a trailing window); set it to 0 with model.causal"
         )
     frames = round(model.lookahead_ms / model.spectral.hop_ms)
     if frames >= model.spectral.context_frames:
