@@ -10,7 +10,7 @@ window keeps a stream's state finite.
 
 One function serves whole files, training crops, blocks of frames and a single frame
 alike, so that streaming equals offline: every frame's estimate depends only on the
-powers of its own window, found by the same sort and comparison in each.
+powers of its own window, found by the same quantile and comparison in each.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _block(power: torch.Tensor, energy: torch.Tensor, frames: int, window: int):
 
 def _last_frame(powers: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
     """:func:`quiet_noise` of the last frame when ``powers`` ``(batch, bins, window)`` is
-    exactly its window: the same sort and comparison in a third of the operators, since
+    exactly its window: the same quantile and comparison in a third of the operators, since
     one frame per step is a streaming model's hot path."""
     threshold = _quantile(energies[:, None])  # (batch, 1)
     quiet = (energies <= threshold).to(powers.dtype)[..., None]  # (batch, window, 1)
