@@ -186,6 +186,13 @@ def test_prior_tracking_follows_noise_that_grows_and_leaves_steady_noise_alone()
         config.load([config.find_config("realtime")], ["model.spectral.prior_tracking=0.5"])
 
 
+def test_quiet_window_on_the_offline_model_is_one_config_error_not_dropped():
+    with pytest.raises(config.ConfigError, match="quiet_window_s.*without model.causal"):
+        config.load([config.find_config("default")], ["model.spectral.quiet_window_s=5"])
+    realtime = config.load([config.find_config("realtime")], ["model.spectral.quiet_window_s=2"])
+    assert realtime.model.spectral.quiet_window_s == 2
+
+
 KERNEL_CHECK = """
 import torch
 from diffdenoise.models import kernels

@@ -133,6 +133,11 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("'diffusion.t_min' must not exceed 'diffusion.t_max'")
     if cfg.model.causal:
         _validate_causal(cfg)
+    elif cfg.model.family == "spectral" and cfg.model.spectral.quiet_window_s:
+        raise ConfigError(
+            "'model.spectral.quiet_window_s' is for the causal model (the offline prior already "
+            "takes the quietest frames of the whole input); set it to 0 without model.causal"
+        )
     for key in ("widths", "kernel_sizes", "strides"):
         values = cfg.model[key]
         if len(values) not in (0, cfg.model.depth):
