@@ -86,6 +86,9 @@ HELP = {
     "loss.mag_weight": "log-magnitude L1 within the STFT loss",
     "loss.phase_weight": "magnitude-weighted phase term within the STFT loss",
     "loss.sisdr_weight": "an SI-SDR term capped at 30 dB; 0 = off",
+    "loss.compressed_weight": "power-law compressed spectra (magnitude and complex) in the STFT "
+    "loss; 0 = off",
+    "loss.compress_power": "exponent of that compression: magnitudes to the power c",
     "optim.lr": "AdamW peak learning rate",
     "optim.weight_decay": "AdamW decoupled weight decay",
     "optim.beta1": "AdamW beta1",

@@ -115,6 +115,8 @@ class LossConfig:
     mag_weight: float = 1.0
     phase_weight: float = 1.0
     sisdr_weight: float = 0.0
+    compressed_weight: float = 0.0
+    compress_power: float = 0.3
 
 
 @dataclass
@@ -257,8 +259,10 @@ RANGES = {
     "model.spectral.anchor_weight": AT_LEAST_0,
     "model.lookahead_ms": AT_LEAST_0,
     **dict.fromkeys(
-        [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr")], AT_LEAST_0
+        [f"loss.{k}_weight" for k in ("stft", "l1", "sc", "mag", "phase", "sisdr", "compressed")],
+        AT_LEAST_0,
     ),
+    "loss.compress_power": (0, 1, False, True),
     "optim.lr": POSITIVE,
     "optim.lr_reference_batch": (0, None, True, True),
     "train.memory_share": (0, 1, False, True),
