@@ -173,3 +173,22 @@ def test_compressed_term_has_finite_gradients_at_digital_silence():
     total, _ = DenoiseLoss(RES, compressed_weight=1.0)(est, target)
     (grad,) = torch.autograd.grad(total, est)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_compressed_term_equals_the_two_compressed_spectra_formed_apart():
+    """The term is written through the phase term's products (a third of the launches);
+    it must equal 0.7 * |.|^c magnitude MSE + 0.3 * compressed complex MSE, per example
+    scaled to unit power, as the A/B that chose it computed them."""
+    torch.manual_seed(0)
+    x = speechlike(batch=3) * torch.tensor([0.1, 1.0, 7.0]).reshape(3, 1, 1)
+    est = x + 0.2 * x.std(-1, keepdim=True) * torch.randn_like(x)
+    c = 0.3
+    X, Y = STFT(512, 128)(est), STFT(512, 128)(x)
+    scale = Y.abs().square().mean((1, 2), keepdim=True)
+    Xs, Ys = X / scale.sqrt(), Y / scale.sqrt()
+    ax, ay = Xs.abs().clamp_min(1e-9), Ys.abs().clamp_min(1e-9)  # no 0 ** (c - 1)
+    magnitude = (ax**c - ay**c).square().mean()
+    compressed_complex = (Xs * ax ** (c - 1) - Ys * ay ** (c - 1)).abs().square()
+    expected = 0.7 * magnitude + 0.3 * compressed_complex.mean()
+    loss = STFTLoss(512, 128, compressed_weight=1.0, compress_power=c)
+    assert float(loss(est, x)[1]["compressed"]) == pytest.approx(float(expected), rel=1e-3)

@@ -107,12 +107,13 @@ class STFTLoss(nn.Module):
             parts["mag"] = F.l1_loss(
                 torch.log(mx.clamp_min(LOG_MAG_FLOOR)), torch.log(my.clamp_min(LOG_MAG_FLOOR))
             )
-        if self.phase_weight:
-            dot = xr * yr + xi * yi
+        if self.phase_weight or self.compressed_weight:
             weight = mx * my
-            parts["phase"] = (weight - dot).sum() / weight.sum().clamp_min(1e-6)
+            gap = weight - (xr * yr + xi * yi)  # |X||Y| (1 - cos(dphi))
+        if self.phase_weight:
+            parts["phase"] = gap.sum() / weight.sum().clamp_min(1e-6)
         if self.compressed_weight:
-            parts["compressed"] = compressed_error(xr, xi, px, yr, yi, py, self.compress_power)
+            parts["compressed"] = compressed_error(mx, my, weight, gap, py, self.compress_power)
         weights = {
             "sc": self.sc_weight,
             "mag": self.mag_weight,
@@ -123,23 +124,25 @@ class STFTLoss(nn.Module):
         return (add_all(terms) if terms else mx.new_zeros(())), parts
 
 
-def compressed_error(xr, xi, px, yr, yi, py, power: float) -> torch.Tensor:
+def compressed_error(mx, my, weight, gap, py, power: float) -> torch.Tensor:
     """Mean squared error of power-law compressed spectra, ``|X|^c`` and ``X |X|^(c-1)``
     mixed 0.7 / 0.3 (Braun & Tashev 2021), each example scaled to a unit mean power first.
 
-    ``xr, xi, px``: the estimate's real part, imaginary part and power, ``(batch, freq,
-    frames)``; ``yr, yi, py`` the target's. The compression lifts quiet bins (consonants,
-    high bands, the onsets PESQ and STOI weigh) that spectral convergence, led by the loud
-    low bins, hardly sees; the per-example scale keeps loud examples from leading the batch.
+    ``mx, my``: the estimate's and target's magnitudes, ``(batch, freq, frames)``;
+    ``weight = mx * my``, ``gap = weight - Re(X conj(Y))`` and ``py = my^2``, as the phase
+    term computes them. The compression lifts quiet bins (consonants, high bands, the
+    onsets PESQ and STOI weigh) that spectral convergence, led by the loud low bins, hardly
+    sees; the per-example scale keeps loud examples from leading the batch.
+
+    Per bin, ``0.7 (|X|^c - |Y|^c)^2 + 0.3 |X|X|^(c-1) - Y|Y|^(c-1)|^2`` equals
+    ``(|X|^c - |Y|^c)^2 + 0.6 (|X||Y|)^(c-1) gap``: written so, it reuses the phase term's
+    products and takes a third of the launches of the two spectra formed apart.
     """
-    scale = py.mean((1, 2), keepdim=True).clamp_min(POWER_EPS)
-    px, py = px / scale + POWER_EPS, py / scale + POWER_EPS
-    # |X|^c = px^(c/2); the compressed complex spectrum is X * px^((c-1)/2), with X scaled.
-    cx, cy = px.pow(power / 2), py.pow(power / 2)
-    fx, fy = cx / (px * scale).sqrt(), cy / (py * scale).sqrt()
-    magnitude = (cx - cy).square().mean()
-    complex_ = ((xr * fx - yr * fy).square() + (xi * fx - yi * fy).square()).mean()
-    return (1 - COMPLEX_SHARE) * magnitude + COMPLEX_SHARE * complex_
+    magnitude = (mx.pow(power) - my.pow(power)).square()
+    per_bin = torch.addcmul(magnitude, weight.pow(power - 1), gap, value=2 * COMPLEX_SHARE)
+    # Scaling an example by 1/s scales every compressed term by s^(-c).
+    scale = py.mean((1, 2)).clamp_min(POWER_EPS).pow(-power)
+    return (per_bin.mean((1, 2)) * scale).mean()
 
 
 class MultiResolutionSTFTLoss(nn.Module):
