@@ -259,8 +259,9 @@ def test_launches_per_step_row_reports_the_default_step():
     result = bench_launches()
     assert result["id"] == "B18" and 0 < result["value"] <= 2 * BASELINE
     assert result["pass"] == (result["value"] <= BASELINE // 4)
-    # 2026-12-06's count: a change that adds launches to the default step shows here
-    assert result["value"] <= 399, result["most"]
+    # 2026-12-06's count: a change that adds launches to the default step shows here.
+    # 399 before the compressed-spectrum loss term, which takes 114 (docs/experiments.md).
+    assert result["value"] <= 513, result["most"]
 
 
 def test_gpu_plan_cut_short_leaves_the_rows_it_has(tmp_path):
