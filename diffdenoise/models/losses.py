@@ -136,11 +136,11 @@ def compressed_error(mx, my, weight, gap, py, power: float) -> torch.Tensor:
 
     Per bin, ``0.7 (|X|^c - |Y|^c)^2 + 0.3 |X|X|^(c-1) - Y|Y|^(c-1)|^2`` equals
     ``(|X|^c - |Y|^c)^2 + 0.6 (|X||Y|)^(c-1) gap``: written so, it reuses the phase term's
-    products and takes a third of the launches of the two spectra formed apart.
+    products and takes about half the launches of the two spectra formed apart.
     """
     magnitude = (mx.pow(power) - my.pow(power)).square()
     per_bin = torch.addcmul(magnitude, weight.pow(power - 1), gap, value=2 * COMPLEX_SHARE)
-    # Scaling an example by 1/s scales every compressed term by s^(-c).
+    # An example's power scaled by 1/s (to unit mean) scales its compressed terms by s^(-c).
     scale = py.mean((1, 2)).clamp_min(POWER_EPS).pow(-power)
     return (per_bin.mean((1, 2)) * scale).mean()
 
