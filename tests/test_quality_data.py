@@ -1,5 +1,7 @@
 """The quality loop's second test set: a recorded corpus scored beside the held-out split."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -162,3 +164,48 @@ def test_the_share_is_tuned_on_the_dev_languages_only(tmp_path):
     assert chosen in tune.GRID
     text = "\n".join(lines)
     assert f"| {chosen[0]:g}/{chosen[1]:g} (chosen) |" in text and "dev part's 12 noisy" in text
+
+
+def shard_sources(folder: Path) -> dict[str, float]:
+    """Source file -> seconds over the shards in ``folder``, from each sample's JSON."""
+    import json
+    import tarfile
+
+    seconds: dict[str, float] = {}
+    for shard in folder.glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    seconds[meta["source"]] = seconds.get(meta["source"], 0.0) + meta["duration"]
+    return seconds
+
+
+def test_each_preparation_trains_on_its_own_noise_only(tmp_path):
+    from tests.helpers import make_corpus
+
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for name in ("hiss", "rumble"):
+        sf.write(noise_dir / f"{name}.wav", 0.1 * np.ones(20 * 16000), 16000)
+    speech = make_corpus(tmp_path / "speech", n=8, seconds=1.0)
+    work = tmp_path / "w"
+    qd = quality_data.prepare(speech, noise_dir, work, 16000, "rumble")
+    assert shard_sources(qd.noise_shards) == pytest.approx({"hiss.wav": 16.0}, abs=0.01)
+    # held out the other way round: nothing of the last preparation's files stays behind
+    qd = quality_data.prepare(speech, noise_dir, work, 16000, "hiss")
+    assert shard_sources(qd.noise_shards) == pytest.approx({"rumble.wav": 16.0}, abs=0.01)
+
+
+def test_a_recipes_own_keys_win_over_the_loops_data_and_budget(tmp_path):
+    from diffdenoise.config import loading as config
+
+    qd = quality_data.QualityData(tmp_path / "s", tmp_path / "n", [], {}, "hum", 16000)
+    spec = "ab=configs/default.yaml+data.noise_shards=other/*.tar+model.spectral.hidden=128"
+    name, run, args = quality.train_args(spec, 25.0, qd, tmp_path / "runs")
+    assert (name, run) == ("ab", tmp_path / "runs" / "quality-ab")
+    cfg = config.load([a for a in args if "=" not in a], [a for a in args if "=" in a])
+    assert cfg.data.noise_shards == "other/*.tar"  # the recipe's, not the loop's
+    assert cfg.model.spectral.hidden == 128
+    assert cfg.data.train_shards == f"{tmp_path}/s/train-*.tar"  # the loop's where it is silent
+    assert (cfg.data.sample_rate, cfg.data.segment, cfg.train.max_minutes) == (16000, 32000, 25.0)

@@ -73,24 +73,8 @@ def train_wave(recipes: list[str], minutes: float, qd: QualityData, runs: Path) 
     procs, folders = {}, {}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for recipe in recipes:
-        recipe, files, overrides = recipe_files(recipe)
-        files = [str(Path(f).resolve()) for f in files]
-        cfg = config.load(files, overrides)  # each recipe keeps its crop length in seconds
-        segment = round(cfg.data.segment / cfg.data.sample_rate * qd.rate)
-        run = runs / f"quality-{recipe}"
+        recipe, run, args = train_args(recipe, minutes, qd, runs)
         subprocess.run(["rm", "-rf", str(run)], check=True)
-        args = [
-            *files, *overrides,
-            f"data.sample_rate={qd.rate}", f"data.segment={segment}",
-            f"data.train_shards={qd.speech_shards}/train-*.tar",
-            f"data.val_shards={qd.speech_shards}/val-*.tar",
-            f"data.noise_shards={qd.noise_shards}/train-*.tar",
-            f"noise.weights.corpus={CORPUS_WEIGHT}", "data.num_workers=1",
-            "train.max_epochs=0", "train.max_steps=0", f"train.max_minutes={minutes}",
-            "train.val_every=250", "checkpoint.every=100000", "train.mixed_precision=no",
-            "log.wandb_mode=disabled", "log.every=25",
-            f"train.runs_dir={runs}", f"train.run_name={run.name}",
-        ]  # fmt: skip
         log = open(runs / f"quality-{recipe}.log", "w")
         print(f"training {recipe} for {minutes:g} minutes (1 thread) -> {run}", flush=True)
         procs[recipe] = subprocess.Popen(
@@ -101,6 +85,30 @@ def train_wave(recipes: list[str], minutes: float, qd: QualityData, runs: Path) 
         if proc.wait() != 0:
             raise SystemExit(f"error: training {recipe} failed; see {runs}/quality-{recipe}.log")
     return folders
+
+
+def train_args(recipe: str, minutes: float, qd: QualityData, runs: Path):
+    """``(name, run folder, python -m diffdenoise.train arguments)`` of one recipe: its
+    files, the loop's data and budget, then the recipe's own keys, which win (so a recipe
+    can A/B the loop's data too)."""
+    recipe, files, overrides = recipe_files(recipe)
+    files = [str(Path(f).resolve()) for f in files]
+    cfg = config.load(files, overrides)  # each recipe keeps its crop length in seconds
+    segment = round(cfg.data.segment / cfg.data.sample_rate * qd.rate)
+    run = runs / f"quality-{recipe}"
+    return recipe, run, [
+        *files,
+        f"data.sample_rate={qd.rate}", f"data.segment={segment}",
+        f"data.train_shards={qd.speech_shards}/train-*.tar",
+        f"data.val_shards={qd.speech_shards}/val-*.tar",
+        f"data.noise_shards={qd.noise_shards}/train-*.tar",
+        f"noise.weights.corpus={CORPUS_WEIGHT}", "data.num_workers=1",
+        "train.max_epochs=0", "train.max_steps=0", f"train.max_minutes={minutes}",
+        "train.val_every=250", "checkpoint.every=100000", "train.mixed_precision=no",
+        "log.wandb_mode=disabled", "log.every=25",
+        f"train.runs_dir={runs}", f"train.run_name={run.name}",
+        *overrides,
+    ]  # fmt: skip
 
 
 def test_items(qd: QualityData) -> list[evaluate.Item]:

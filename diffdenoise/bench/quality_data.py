@@ -162,7 +162,9 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
         for path in recorded_train:
             (work / "speech-train" / f"recorded__{path.name}").symlink_to(path.resolve())
         noise_dir_train = work / "noise-train"
-        noise_dir_train.mkdir(parents=True, exist_ok=True)
+        # Afresh: a file left from another holdout or corpus would train on test noise.
+        subprocess.run(["rm", "-rf", str(noise_dir_train)], check=True)
+        noise_dir_train.mkdir(parents=True)
         for name, wave in train_noise.items():
             audio.write(noise_dir_train / f"{name}.wav", wave, rate)
         common = ["--out", str(work / "shards"), "--sample-rate", str(rate), "--workers", "2"]
