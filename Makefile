@@ -97,12 +97,12 @@ $(DEVCORPUS)/speech/meta.json: | $(STAMP)
 	$(PY) $(DEVCORPUS_SCRIPT) $(DEVCORPUS) --minutes 30 --seed 1
 
 # Recorded speech (KTuberling's words, 26 languages; KLettres' letters, for training only)
-# and recorded noise (game music and sound effects) from Debian packages that are not
-# reserved for the independent evaluation.
+# and recorded noise (one game's music and sound effects to test on, another's to train
+# on) from Debian packages that are not reserved for the independent evaluation.
 RECCORPUS := data/reccorpus
-reccorpus: $(RECCORPUS)/train-speech/meta.json
+reccorpus: $(RECCORPUS)/train-noise/sfx.wav
 
-$(RECCORPUS)/train-speech/meta.json: | $(STAMP)
+$(RECCORPUS)/train-noise/sfx.wav: | $(STAMP)
 	$(PY) -m diffdenoise.reccorpus $(RECCORPUS)
 
 shards: $(STAMP)

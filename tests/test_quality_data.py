@@ -15,10 +15,10 @@ LANGUAGES = ["ca", "da", "de", "el", "en", "fr", "gl", "lt", "sl", "sr", "sr@lat
 
 
 def corpus(root, utterances: int = 4, more: tuple[str, ...] = ()):
-    """``utterances`` files of each of :data:`LANGUAGES`, named as make reccorpus does, and
-    two of each of ``more`` in ``train-speech/``."""
+    """``utterances`` files of each of :data:`LANGUAGES`, named as make reccorpus does, two
+    of each of ``more`` in ``train-speech/``, test noise and training noise (25 s, 3 s)."""
     rng = np.random.default_rng(0)
-    for folder in ("speech", "noise", "train-speech"):
+    for folder in ("speech", "noise", "train-speech", "train-noise"):
         (root / folder).mkdir(parents=True)
     for i in range(utterances * len(LANGUAGES)):
         name = f"{i:05d}_{LANGUAGES[i % len(LANGUAGES)]}.wav"
@@ -27,6 +27,8 @@ def corpus(root, utterances: int = 4, more: tuple[str, ...] = ()):
         name = f"{i:05d}_{more[i % len(more)]}.wav"
         sf.write(root / "train-speech" / name, 0.1 * rng.standard_normal(8000), 8000)
     sf.write(root / "noise" / "music.wav", 0.2 * rng.standard_normal(48000), 48000)
+    sf.write(root / "train-noise" / "music.wav", 0.2 * rng.standard_normal(25 * 8000), 8000)
+    sf.write(root / "train-noise" / "sfx.wav", 0.2 * rng.standard_normal(3 * 8000), 8000)
     return root
 
 
@@ -42,6 +44,8 @@ def test_recorded_parts_split_by_language_and_no_language_is_in_two_parts(tmp_pa
     assert len(rec.train) == 4 * 6  # all of train's utterances; every 3rd of dev and test
     assert len(rec.test) == len(range(0, 12, 3)) and len(rec.dev) == 4
     assert list(rec.noises) == ["recorded music"] and len(rec.noises["recorded music"]) == 16000
+    assert [p.relative_to(tmp_path) for p in rec.train_noise] == [
+        Path("rec/train-noise/music.wav"), Path("rec/train-noise/sfx.wav")]  # fmt: skip
 
 
 def test_the_recorded_test_languages_never_reach_the_training_shards(tmp_path):
@@ -131,7 +135,12 @@ def test_quality_scores_a_recorded_corpus_beside_its_own_split(trained_tiny, tmp
         "--clean-dir", str(make_corpus(tmp_path / "speech", n=8)), "--noise-dir", str(noise_dir),
         "--recipes", "tiny", "--skip-training", "--runs", str(runs), "--work", str(tmp_path / "w"),
         "--out", str(out), "--recorded", str(corpus(tmp_path / "rec", utterances=2)),
+        "--train-noise",
     ])  # fmt: skip
+    # asked for, train-noise/ trains beside the first 80 % of each noise but the held-out one
+    trained = shard_sources(tmp_path / "w" / "shards" / "noise")
+    assert trained == pytest.approx({"white.wav": 1.6, "recorded__music.wav": 25.0,
+                                     "recorded__sfx.wav": 3.0}, abs=0.01)  # fmt: skip
     text = (out / "quality.md").read_text()
     section = text[text.index("## Recorded speech, test") : text.index("## Recorded speech, dev")]
     assert "2 utterances people recorded" in section
@@ -195,6 +204,23 @@ def test_each_preparation_trains_on_its_own_noise_only(tmp_path):
     # held out the other way round: nothing of the last preparation's files stays behind
     qd = quality_data.prepare(speech, noise_dir, work, 16000, "hiss")
     assert shard_sources(qd.noise_shards) == pytest.approx({"rumble.wav": 16.0}, abs=0.01)
+
+
+def test_the_training_noise_is_train_noise_whole_and_never_the_test_noise(tmp_path):
+    from tests.helpers import make_corpus
+
+    rec = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for name in ("hiss", "rumble"):
+        sf.write(noise_dir / f"{name}.wav", 0.1 * np.ones(20 * 16000), 16000)
+    speech = make_corpus(tmp_path / "speech", n=8, seconds=1.0)
+    work = tmp_path / "w"
+    qd = quality_data.prepare(speech, noise_dir, work, 16000, "rumble", [], rec.train_noise)
+    trained = shard_sources(qd.noise_shards)
+    # the first 80 % of hiss (16 s), all of train-noise/, none of rumble nor of noise/
+    assert trained == pytest.approx({"hiss.wav": 16.0, "recorded__music.wav": 25.0,
+                                     "recorded__sfx.wav": 3.0}, abs=0.01)  # fmt: skip
 
 
 def test_a_recipes_own_keys_win_over_the_loops_data_and_budget(tmp_path):

@@ -63,6 +63,11 @@ def debs(tmp_path):
                 wz.write(member, name)
 
     deb(d, "warzone2100-data", {reccorpus.WARZONE: base_wz})
+    cb = reccorpus.COLOBOT
+    deb(d, "colobot-common-sounds", {
+        f"{cb}/music/a.ogg": audio(tone(4.0, 44100), 44100),
+        f"{cb}/sounds/boom.wav": audio(np.stack([tone(0.5, 22050)] * 2, 1), 22050, "WAV"),
+    })  # fmt: skip
     return d
 
 
@@ -93,6 +98,11 @@ def test_builds_speech_and_noise_from_packages(debs, tmp_path, capsys):
     assert rate == 16000 and len(music) == pytest.approx(3.0 * rate, abs=2)
     sfx, _ = sf.read(out / "noise/sfx.wav")
     assert len(sfx) == pytest.approx(0.75 * rate, abs=2)  # the voice member is not noise
+    # another game's music and (stereo) effects, for training only
+    for name, seconds in (("music", 4.0), ("sfx", 0.5)):
+        x, rate = sf.read(out / f"train-noise/{name}.wav")
+        assert rate == 16000 and x.ndim == 1 and len(x) == pytest.approx(seconds * rate, abs=2)
+    assert "sfx 0.0 min; training noise 0.1 min" in printed.out
 
 
 def test_missing_package_is_a_one_line_error(debs, tmp_path):

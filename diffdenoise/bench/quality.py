@@ -286,6 +286,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--train-speech", action="store_true",
                    help="with --recorded: train on its train-speech/ too (KLettres; not kept, "
                    "docs/experiments.md 2026-12-06)")  # fmt: skip
+    p.add_argument("--train-noise", action="store_true",
+                   help="with --recorded: train on its train-noise/ too (Colobot's music and "
+                   "effects; not kept, docs/experiments.md 2026-12-07)")  # fmt: skip
     p.add_argument("--no-tune", action="store_true",
                    help="keep the main recipe's own correction share (default with --recorded: "
                    "the share tune chooses on the recorded dev languages)")  # fmt: skip
@@ -342,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         recorded_parts(args.recorded, args.rate, args.train_speech) if args.recorded else None
     )
     qd = prepare(args.clean_dir, args.noise_dir, args.work, args.rate, args.holdout_noise,
-                 recorded.train if recorded else [])  # fmt: skip
+                 recorded.train if recorded else [],
+                 recorded.train_noise if recorded and args.train_noise else [])  # fmt: skip
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.skip_training:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,15 @@ RECORDED_EVERY = 3  # every 3rd utterance of the dev and test languages is score
 
 @dataclass
 class Recorded:
-    """A recorded corpus split by language: utterance paths of each part, and its noises
-    (name -> ``(time,)`` at the comparison's rate; test noise, never trained on)."""
+    """A recorded corpus split by language: utterance paths of each part, its noises
+    (name -> ``(time,)`` at the comparison's rate; test noise, never trained on), and the
+    files of its ``train-noise/`` (other recordings of those kinds, for training only)."""
 
     train: list[Path]
     dev: list[Path]
     test: list[Path]
     noises: dict[str, np.ndarray]
+    train_noise: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -137,14 +139,20 @@ def recorded_parts(folder: Path, rate: int, train_speech: bool = False) -> Recor
     for rel in noise_files:
         data, orig = audio.read(noise_dir / rel)
         noises[f"recorded {Path(rel).stem}"] = audio.resample(audio.to_mono(data), orig, rate)
+    more_noise = folder / "train-noise"  # make reccorpus: another game's music and effects
+    train_noise = (
+        [more_noise / rel for rel in audio.walk(more_noise)[0]] if more_noise.is_dir() else []
+    )
     every = RECORDED_EVERY
-    return Recorded(parts["train"], parts["dev"][::every], parts["test"][::every], noises)
+    return Recorded(parts["train"], parts["dev"][::every], parts["test"][::every], noises,
+                    train_noise)  # fmt: skip
 
 
 def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: str = "",
-            recorded_train: list[Path] = ()):  # fmt: skip
+            recorded_train: list[Path] = (), recorded_noise: list[Path] = ()):  # fmt: skip
     """Split, write and shard the training parts under ``work`` (with ``recorded_train``
-    utterances among the training speech); reuse them when unchanged."""
+    utterances among the training speech, and the whole of each ``recorded_noise`` file
+    among the training noise); reuse them when unchanged."""
     train_files, test_files = split_speech(clean_dir)
     train_noise, test_noise, holdout = noise_parts(noise_dir, rate, holdout)
     stamp = {
@@ -152,6 +160,7 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
         "noise": str(noise_dir.resolve()),
         "train": train_files,
         "recorded_train": [str(p.resolve()) for p in recorded_train],
+        "recorded_noise": [str(p.resolve()) for p in recorded_noise],
         "holdout": holdout,
         "rate": rate,
     }
@@ -167,6 +176,8 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
         noise_dir_train.mkdir(parents=True)
         for name, wave in train_noise.items():
             audio.write(noise_dir_train / f"{name}.wav", wave, rate)
+        for path in recorded_noise:  # whole: only its kind, never the file, is tested
+            (noise_dir_train / f"recorded__{path.name}").symlink_to(path.resolve())
         common = ["--out", str(work / "shards"), "--sample-rate", str(rate), "--workers", "2"]
         _shard(work / "speech-train", "speech", [*common, "--val-fraction", "0.1"])
         _shard(noise_dir_train, "noise", [*common, "--kind", "noise", "--val-fraction", "0"])

@@ -15,7 +15,10 @@ evaluation (:data:`RESERVED`):
   (a dev or test language's voices never reach training, whoever speaks them);
 - ``noise/music.wav``: Hedgewars' soundtrack (``hedgewars-data``, about 90 minutes);
 - ``noise/sfx.wav``: Hedgewars' and Warzone 2100's sound effects (``warzone2100-data``):
-  shots, engines, explosions, the non-stationary noise a minimum-statistics filter misses.
+  shots, engines, explosions, the non-stationary noise a minimum-statistics filter misses;
+- ``train-noise/music.wav`` and ``train-noise/sfx.wav``: Colobot's soundtrack (about 66
+  minutes) and sound effects (``colobot-common-sounds``), the same kinds of noise from
+  another game, for training only (``noise/`` is test noise, never trained on).
 
 Everything is mono, 16 kHz, 16-bit, peak 0.7. Speech loses its DC and rumble below
 :data:`HIGHPASS_HZ` (amateur recordings carry both, and SI-SDR would score their removal as
@@ -45,7 +48,10 @@ RATE = 16000
 PEAK = 0.7
 UTTERANCE_S = 3.0
 HIGHPASS_HZ = 60.0
-PACKAGES = ("ktuberling-data", "klettres-data", "hedgewars-data", "warzone2100-data")
+PACKAGES = (
+    "ktuberling-data", "klettres-data", "hedgewars-data", "warzone2100-data",
+    "colobot-common-sounds",
+)  # fmt: skip
 # The independent evaluation's packages (issue 11): never used for training or tuning.
 RESERVED = (
     "asterisk-core-sounds-", "asterisk-prompt-", "fillets-ng-data", "ufoai-sound",
@@ -56,6 +62,7 @@ KLETTRES = "usr/share/klettres"
 AUDIO = (".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3")  # KLettres holds XML beside them
 HEDGEWARS = "usr/share/games/hedgewars/Data"
 WARZONE = "usr/share/games/warzone2100/base.wz"
+COLOBOT = "usr/share/games/colobot"
 
 
 class CorpusError(RuntimeError):
@@ -145,6 +152,13 @@ def build_noise(sources, path: Path) -> float:
     return write(path, np.concatenate(parts))
 
 
+def build_train_noise(colobot: Path, out: Path) -> float:
+    """Colobot's music and sound effects -> ``out/music.wav``, ``out/sfx.wav``; seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    music = build_noise(sorted((colobot / "music").glob("*.ogg")), out / "music.wav")
+    return music + build_noise(sorted((colobot / "sounds").glob("*.wav")), out / "sfx.wav")
+
+
 def warzone_sfx(base_wz: Path) -> list[io.BytesIO]:
     """The ``audio/sfx/*.ogg`` members of Warzone 2100's ``base.wz`` (a zip)."""
     with zipfile.ZipFile(base_wz) as wz:
@@ -180,9 +194,10 @@ def build(out: Path, debs: Path | None) -> dict:
         music = build_noise(sorted((hedgewars / "Music").glob("*.ogg")), out / "noise/music.wav")
         effects = sorted((hedgewars / "Sounds").glob("*.ogg")) + warzone_sfx(tree / WARZONE)
         sfx = build_noise(effects, out / "noise/sfx.wav")
+        train_noise = build_train_noise(tree / COLOBOT, out / "train-noise")
     return {"utterances": len(speech), "speech_s": sum(m["seconds"] for m in speech),
             "train_s": sum(m["seconds"] for m in train_speech), "music_s": music,
-            "sfx_s": sfx}  # fmt: skip
+            "sfx_s": sfx, "train_noise_s": train_noise}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -198,7 +213,7 @@ def main(argv=None) -> None:
     print(
         f"{args.out}: {summary['utterances']} utterances, {minutes['speech_s']} of speech, "
         f"{minutes['train_s']} more for training only; music {minutes['music_s']}, "
-        f"sfx {minutes['sfx_s']}"
+        f"sfx {minutes['sfx_s']}; training noise {minutes['train_noise_s']}"
     )
 
 
