@@ -190,14 +190,20 @@ def shard_sources(folder: Path) -> dict[str, float]:
     return seconds
 
 
-def test_each_preparation_trains_on_its_own_noise_only(tmp_path):
+@pytest.fixture
+def speech_and_noise(tmp_path) -> tuple[Path, Path]:
+    """A speech folder (8 files of 1 s) and a noise folder (hiss, rumble: 20 s each)."""
     from tests.helpers import make_corpus
 
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()
     for name in ("hiss", "rumble"):
         sf.write(noise_dir / f"{name}.wav", 0.1 * np.ones(20 * 16000), 16000)
-    speech = make_corpus(tmp_path / "speech", n=8, seconds=1.0)
+    return make_corpus(tmp_path / "speech", n=8, seconds=1.0), noise_dir
+
+
+def test_each_preparation_trains_on_its_own_noise_only(tmp_path, speech_and_noise):
+    speech, noise_dir = speech_and_noise
     work = tmp_path / "w"
     qd = quality_data.prepare(speech, noise_dir, work, 16000, "rumble")
     assert shard_sources(qd.noise_shards) == pytest.approx({"hiss.wav": 16.0}, abs=0.01)
@@ -206,15 +212,11 @@ def test_each_preparation_trains_on_its_own_noise_only(tmp_path):
     assert shard_sources(qd.noise_shards) == pytest.approx({"rumble.wav": 16.0}, abs=0.01)
 
 
-def test_the_training_noise_is_train_noise_whole_and_never_the_test_noise(tmp_path):
-    from tests.helpers import make_corpus
-
+def test_the_training_noise_is_train_noise_whole_and_never_the_test_noise(
+    tmp_path, speech_and_noise
+):
     rec = quality_data.recorded_parts(corpus(tmp_path / "rec"), 16000)
-    noise_dir = tmp_path / "noise"
-    noise_dir.mkdir()
-    for name in ("hiss", "rumble"):
-        sf.write(noise_dir / f"{name}.wav", 0.1 * np.ones(20 * 16000), 16000)
-    speech = make_corpus(tmp_path / "speech", n=8, seconds=1.0)
+    speech, noise_dir = speech_and_noise
     work = tmp_path / "w"
     qd = quality_data.prepare(speech, noise_dir, work, 16000, "rumble", [], rec.train_noise)
     trained = shard_sources(qd.noise_shards)
