@@ -172,8 +172,7 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
             (work / "speech-train" / f"recorded__{path.name}").symlink_to(path.resolve())
         noise_dir_train = work / "noise-train"
         # Afresh: a file left from another holdout or corpus would train on test noise.
-        subprocess.run(["rm", "-rf", str(noise_dir_train)], check=True)
-        noise_dir_train.mkdir(parents=True)
+        _afresh(noise_dir_train)
         for name, wave in train_noise.items():
             audio.write(noise_dir_train / f"{name}.wav", wave, rate)
         for path in recorded_noise:  # whole: only its kind, never the file, is tested
@@ -192,9 +191,14 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
     )
 
 
+def _afresh(folder: Path) -> None:
+    """``folder``, empty: whatever an earlier preparation left in it is gone."""
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    folder.mkdir(parents=True)
+
+
 def _link_files(root: Path, files: list[str], out: Path) -> None:
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-    out.mkdir(parents=True)
+    _afresh(out)
     for rel in files:
         (out / rel.replace("/", "__")).symlink_to((root / rel).resolve())
 
