@@ -35,7 +35,7 @@ def test_bench_cli_writes_results(tmp_path):
     rates["tiny"] = 16000
     assert names == [f"model cost: {c}.yaml ({r} Hz)" for c, r in rates.items()]
     bridge, default = report["rows"][:2]
-    assert default["params_m"] == 3.498 and default["rtf"] > 0  # the spectral default at 48 kHz
+    assert default["params_m"] == 6.055 and default["rtf"] > 0  # the spectral default at 48 kHz
     assert default["calls"] == 1 and bridge["calls"] == 1  # bridge.yaml: one step by default
     assert bridge["params_m"] > default["params_m"]  # it also reads the noisy input
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__

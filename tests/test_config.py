@@ -118,7 +118,7 @@ def test_numbers_out_of_range_are_refused(override, message):
 def test_segment_shorter_than_the_model_can_use_names_the_minimum():
     with pytest.raises(ConfigError, match=r"'data.segment' is 50; this model needs at least 64"):
         config.load(["configs/tiny.yaml"], ["data.segment=50"])  # strides 4 x 4 x 4
-    with pytest.raises(ConfigError, match=r"needs at least 512 samples \(32.0 ms at 16000 Hz\)"):
+    with pytest.raises(ConfigError, match=r"needs at least 1024 samples \(64.0 ms at 16000 Hz\)"):
         config.load(["configs/default.yaml"], ["data.sample_rate=16000", "data.segment=500"])
     with pytest.raises(ConfigError, match="'data.val_segment' is 1;"):
         config.load(["configs/tiny.yaml"], ["data.val_segment=1"])
