@@ -96,6 +96,40 @@ def test_local_head_starts_at_zero_and_keeps_shapes():
         assert not torch.allclose(local(x), plain(x)) and local(x).shape == x.shape
 
 
+def first_frame_of_gru_output(model, late_frames_changed: bool) -> torch.Tensor:
+    """The GRU's output at frame 0 for one input, with its input's frames from 10 on
+    replaced by noise when ``late_frames_changed`` (everything before them kept)."""
+    seen = {}
+
+    def swap_late(module, args):
+        h = args[0].clone()
+        if late_frames_changed:
+            h[:, 10:] = torch.randn_like(h[:, 10:], generator=torch.Generator().manual_seed(1))
+        return (h,)
+
+    model.rnn.register_forward_pre_hook(swap_late)
+    model.rnn.register_forward_hook(lambda m, args, out: seen.update(h=out[0][:, 0]))
+    with torch.no_grad():
+        model(torch.randn(1, 1, 8000, generator=torch.Generator().manual_seed(0)))
+    return seen["h"]
+
+
+def test_a_bidirectional_gru_starts_as_the_prior_and_reads_later_frames():
+    x = torch.randn(2, 1, 4000)
+    with torch.no_grad():
+        np.testing.assert_allclose(small(bidirectional=True)(x).numpy(), small()(x).numpy(),
+                                   atol=1e-6)  # fmt: skip
+    for bidirectional, reads_ahead in ((False, False), (True, True)):
+        early = [
+            first_frame_of_gru_output(small(bidirectional=bidirectional), changed)
+            for changed in (False, True)
+        ]
+        assert (not torch.allclose(*early)) == reads_ahead
+    assert small(bidirectional=True).out.in_features == 64  # both directions reach the head
+    cfg = config.load(["configs/default.yaml"], ["model.spectral.bidirectional=true"])
+    assert build_model(cfg.model, 16000).rnn.bidirectional
+
+
 def test_correction_scale_applies_a_share_of_the_correction_at_inference_only():
     model = small(correction_scale=0.5)
     with torch.no_grad():

@@ -158,6 +158,11 @@ def _validate_causal(cfg: DictConfig) -> None:
         raise ConfigError(
             "'model.spectral.local_channels' reads frames ahead; set it to 0 with model.causal"
         )
+    if model.spectral.bidirectional:
+        raise ConfigError(
+            "'model.spectral.bidirectional' reads the whole segment; set it to false with "
+            "model.causal"
+        )
     if model.spectral.prior_tracking:
         raise ConfigError(
             "'model.spectral.prior_tracking' is for the offline model (the causal prior already "

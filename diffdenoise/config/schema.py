@@ -69,6 +69,7 @@ class SpectralConfig:
     prior_floor: float = 0.0
     prior_tracking: float = 0.0
     anchor_weight: float = 0.0
+    bidirectional: bool = False
 
 
 @dataclass

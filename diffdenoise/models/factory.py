@@ -27,7 +27,7 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     causal, lookahead_ms = kwargs.pop("causal", False), kwargs.pop("lookahead_ms", 0.0)
     if causal:
         # Offline-only keys: its prior already follows the noise (a trailing window).
-        offline = ("local_channels", "prior_tracking")
+        offline = ("local_channels", "prior_tracking", "bidirectional")
         spectral = {k: v for k, v in dict(spectral).items() if k not in offline}
         model = CausalSpectralModel(
             sample_rate, time_dim=kwargs["time_dim"], lookahead_ms=lookahead_ms, **spectral

@@ -217,6 +217,7 @@ class SpectralMaskModel(nn.Module):
         prior_floor: float = 0.0,
         prior_tracking: float = 0.0,
         anchor_weight: float = 0.0,
+        bidirectional: bool = False,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -233,8 +234,13 @@ class SpectralMaskModel(nn.Module):
         self.prior_tracking = prior_tracking
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
-        self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
-        self.time_mlp, self.out = film_mlp(time_dim, hidden), correction_head(hidden, self.bins)
+        # Offline, the GRU may also read the segment backwards: a frame's gain then knows
+        # what follows it (a word's end, the noise after it), as the prior's window does.
+        self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True,
+                          bidirectional=bidirectional)  # fmt: skip
+        directions = 2 if bidirectional else 1
+        self.time_mlp = film_mlp(time_dim, hidden)
+        self.out = correction_head(hidden * directions, self.bins)
         self.local = local_head(feats, local_channels) if local_channels else None
 
     def stft(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,7 +263,7 @@ class SpectralMaskModel(nn.Module):
         feats = torch.cat([logs[0], log_snr.clamp(-10, 20), classical, *logs[1:]], dim=1)
         h = F.leaky_relu(self.inp(feats), 0.2).transpose(1, 2)  # (batch, frames, hidden)
         scale, shift = self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
-        h, _ = self.rnn(h * (1 + scale) + shift)
+        h, _ = self.rnn(h * (1 + scale) + shift)  # (batch, frames, hidden x directions)
         correction = self.out(h).transpose(1, 2)  # (batch, freq, frames)
         if self.local is not None:
             stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
