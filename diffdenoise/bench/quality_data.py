@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def prepare(clean_dir: Path, noise_dir: Path, work: Path, rate: int, holdout: st
 
 def _afresh(folder: Path) -> None:
     """``folder``, empty: whatever an earlier preparation left in it is gone."""
-    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    shutil.rmtree(folder, ignore_errors=True)  # links inside go, their targets stay
     folder.mkdir(parents=True)
 
 
@@ -204,6 +205,6 @@ def _link_files(root: Path, files: list[str], out: Path) -> None:
 
 
 def _shard(folder: Path, name: str, args: list[str]) -> None:
-    subprocess.run(["rm", "-rf", str(Path(args[args.index("--out") + 1]) / name)], check=True)
+    shutil.rmtree(Path(args[args.index("--out") + 1]) / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "diffdenoise.shard", str(folder), "--name", name, *args]
     subprocess.run(cmd, check=True)

@@ -26,7 +26,8 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     normed = kwargs.pop("spectral_norm", False)
     causal, lookahead_ms = kwargs.pop("causal", False), kwargs.pop("lookahead_ms", 0.0)
     if causal:
-        # Offline-only keys: its prior already follows the noise (a trailing window).
+        # Offline-only keys (the config refuses them with model.causal): its prior already
+        # follows the noise over a trailing window, and it cannot read ahead.
         offline = ("local_channels", "prior_tracking", "bidirectional")
         spectral = {k: v for k, v in dict(spectral).items() if k not in offline}
         model = CausalSpectralModel(
