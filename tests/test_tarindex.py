@@ -154,14 +154,14 @@ def test_a_read_shards_memory_receives_the_next_fetch_and_sizes_are_still_checke
     monkeypatch.setattr(remote, "POOL", pool)
     monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes={url: size}))
 
-    first = tarindex.Buffer(remote.fetch_shard(url), url)
+    first = tarindex.Buffer(remote.fetch_bytes(url), url)
     memory = first.data.obj
     samples = list(tarindex.samples(first))
     del first
     assert pool.idle_bytes() == 0  # the samples still point into it
     del samples
     assert pool.idle_bytes() == len(memory) > size  # one byte more: an overlong one shows
-    again = remote.fetch_shard(url)
+    again = remote.fetch_bytes(url)
     assert again.obj is memory and pool.idle_bytes() == 0
     assert bytes(again) == path.read_bytes()
     remote.recycle(again)
@@ -170,7 +170,7 @@ def test_a_read_shards_memory_receives_the_next_fetch_and_sizes_are_still_checke
     for listed, error in ((size + 1, short), (size - 1, long)):
         remote.configure(remote.FetchPolicy(sizes={url: listed}))
         with pytest.raises(remote.FetchError, match=error):
-            remote.fetch_shard(url, tries=1)
+            remote.fetch_bytes(url, tries=1)
     assert any(b is memory for b in pool.free)  # a failed try gives its memory back
     idle = pool.idle_bytes()
     pool.give(bytearray(100), keep_bytes=idle + 99)
@@ -189,7 +189,7 @@ def test_a_fetched_pcm16_shard_is_read_without_copies_and_reused_only_when_unvie
     monkeypatch.setattr(remote, "POOL", pool)
     monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes={url: path.stat().st_size}))
 
-    fetched = tarindex.Buffer(remote.fetch_shard(url), url)
+    fetched = tarindex.Buffer(remote.fetch_bytes(url), url)
     memory = fetched.data.obj
     from_memory = list(tarindex.samples(fetched))
     member = audio.member(from_memory[0])
@@ -201,7 +201,7 @@ def test_a_fetched_pcm16_shard_is_read_without_copies_and_reused_only_when_unvie
 
     del fetched, from_memory, member
     assert pool.free == [memory] and recvpool.in_use(memory)  # the crops view it still
-    assert remote.fetch_shard(url).obj is not memory  # so the next fetch gets other memory
+    assert remote.fetch_bytes(url).obj is not memory  # so the next fetch gets other memory
     del crops
     assert not recvpool.in_use(memory) and bytes(memory[:512]) == path.read_bytes()[:512]
-    assert remote.fetch_shard(url).obj is memory  # now it is free to receive again
+    assert remote.fetch_bytes(url).obj is memory  # now it is free to receive again

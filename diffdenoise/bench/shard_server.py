@@ -75,6 +75,15 @@ class ShardServer:
         self._thread.start()
 
     @property
+    def latency(self) -> float:
+        return self._server.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        """Seconds each request waits from now on."""
+        self._server.latency = seconds
+
+    @property
     def requests(self) -> collections.Counter:
         return self._server.requests
 

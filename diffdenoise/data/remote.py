@@ -1,6 +1,7 @@
 """Shards kept elsewhere: ``http(s)://``, ``pipe:``, ``s3://`` and ``gs://`` URLs.
 
-A remote shard is fetched whole, into ``data.cache_dir`` or else into memory (a buffer
+A remote shard is fetched whole, into ``data.cache_dir`` or else into memory (on Linux
+received by a helper process, :mod:`~diffdenoise.data.fetchproc`; elsewhere into a buffer
 reused once the shard is read, :mod:`~diffdenoise.data.recvpool`), and then read exactly
 as a local shard is, so the samples, crops and losses are the same wherever the shards
 live, and resume stays exact. Fetching:
@@ -119,7 +120,7 @@ def shard_name(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _as_fetch_error(url: str):
+def as_fetch_error(url: str):
     """Network, HTTP and object-store failures inside as one-line :class:`FetchError` s:
     a 5xx, 408, 429, timeout or lost connection transient; a missing object, a refusal,
     missing credentials or a missing backend not."""
@@ -146,7 +147,7 @@ def _as_fetch_error(url: str):
                          transient=cloud.is_transient(err, TRANSIENT_HTTP)) from None  # fmt: skip
 
 
-def _stream(url: str, timeout: float):
+def open_stream(url: str, timeout: float):
     """An open binary stream of ``url`` and a function that raises if it ended badly."""
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=timeout), lambda: None
@@ -166,15 +167,15 @@ def _stream(url: str, timeout: float):
 def _copy(url: str, out, timeout: float, expected: int | None) -> None:
     """One try: ``url`` into the binary file object ``out``, checked against ``expected``
     bytes."""
-    with _as_fetch_error(url):
-        stream, check = _stream(url, timeout)
+    with as_fetch_error(url):
+        stream, check = open_stream(url, timeout)
         with stream:
             shutil.copyfileobj(stream, out, CHUNK)
         check()
-    _check_size(url, out.tell(), expected)
+    check_size(url, out.tell(), expected)
 
 
-def _check_size(url: str, size: int, expected: int | None) -> None:
+def check_size(url: str, size: int, expected: int | None) -> None:
     if expected is not None and size < expected:
         raise FetchError(f"{url}: truncated download, {size} of {expected} bytes (the "
                          "manifest's size)", transient=True)  # fmt: skip
@@ -183,9 +184,10 @@ def _check_size(url: str, size: int, expected: int | None) -> None:
                          transient=True)  # fmt: skip
 
 
-def _tries(url: str, fetch: FetchPolicy, tries: int | None, attempt) -> None:
-    """Run ``attempt()`` until it succeeds, retrying transient failures with exponential
-    backoff within the policy's count and time (at most ``tries`` tries when given)."""
+def retrying(url: str, fetch: FetchPolicy, tries: int | None, attempt):
+    """``attempt()``'s value once it succeeds, transient failures retried with exponential
+    backoff within the policy's count and time (at most ``tries`` tries when given), and
+    counted for ``train/shard_retries``."""
     deadline = time.monotonic() + fetch.max_wait_s
     attempts = fetch.retries + 1 if tries is None else tries
     for n in range(attempts):
@@ -201,7 +203,7 @@ def _tries(url: str, fetch: FetchPolicy, tries: int | None, attempt) -> None:
 
 
 def download(url: str, dest: Path, fetch: FetchPolicy | None = None, tries: int | None = None):
-    """Fetch ``url`` into the file ``dest``, atomically, with :func:`_tries`' retries."""
+    """Fetch ``url`` into the file ``dest``, atomically, with :func:`retrying`' retries."""
     fetch = fetch or _POLICY
     # One name per process and thread: read-ahead may fetch the same shard twice at once.
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -218,7 +220,7 @@ def download(url: str, dest: Path, fetch: FetchPolicy | None = None, tries: int 
             raise FetchError(f"{dest}: {err.strerror or err}", transient=False) from None
         return dest
 
-    return _tries(url, fetch, tries, attempt)
+    return retrying(url, fetch, tries, attempt)
 
 
 def _read_into(stream, out: bytearray) -> int:
@@ -236,7 +238,7 @@ def _read_into(stream, out: bytearray) -> int:
 
 
 def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = None):
-    """``url`` whole in memory, with :func:`_tries`' retries: a read-only ``memoryview``
+    """``url`` whole in memory, with :func:`retrying`' retries: a read-only ``memoryview``
     of a buffer from :data:`~diffdenoise.data.recvpool.POOL` (sized from the manifest
     when it lists ``url``), to hand back with :func:`recycle` once read."""
     fetch = fetch or _POLICY
@@ -245,18 +247,18 @@ def fetch_bytes(url: str, fetch: FetchPolicy | None = None, tries: int | None = 
     def attempt():
         out = POOL.take(expected) if expected is not None else bytearray(CHUNK)
         try:
-            with _as_fetch_error(url):
-                stream, check = _stream(url, fetch.timeout_s)
+            with as_fetch_error(url):
+                stream, check = open_stream(url, fetch.timeout_s)
                 with stream:
                     size = _read_into(stream, out)
                 check()
-            _check_size(url, size, expected)
+            check_size(url, size, expected)
         except FetchError:
             POOL.give(out, fetch.read_ahead_mb * 1e6)
             raise
         return memoryview(out)[:size].toreadonly()
 
-    return _tries(url, fetch, tries, attempt)
+    return retrying(url, fetch, tries, attempt)
 
 
 def probe(url: str, fetch: FetchPolicy | None = None) -> None:
@@ -268,14 +270,14 @@ def probe(url: str, fetch: FetchPolicy | None = None) -> None:
     fetch = fetch or _POLICY
 
     def attempt():
-        with _as_fetch_error(url):
+        with as_fetch_error(url):
             if url.startswith(("http://", "https://")):
                 request = urllib.request.Request(url, method="HEAD")
                 urllib.request.urlopen(request, timeout=fetch.timeout_s).close()
             else:
                 cloud.open_stream(url).close()  # reads the object's size: a 404 raises
 
-    _tries(url, fetch, None, attempt)
+    retrying(url, fetch, None, attempt)
 
 
 def read_bytes(url: str, fetch: FetchPolicy | None = None) -> bytes:
@@ -292,15 +294,13 @@ def recycle(view: memoryview) -> None:
         view.release()
     except BufferError:  # something still holds a view into it: let it go, never reuse it
         return
-    POOL.give(buffer, _POLICY.read_ahead_mb * 1e6)
+    if isinstance(buffer, bytearray):  # not a helper's mapped file: that goes with its views
+        POOL.give(buffer, _POLICY.read_ahead_mb * 1e6)
 
 
-def fetch_shard(url: str, tries: int | None = None) -> Path | memoryview:
-    """Shard ``url``: its copy in ``data.cache_dir`` (fetched there first unless a copy
-    with the manifest's size is there already), or with no cache folder its bytes."""
-    fetch = _POLICY
-    if not fetch.cache_dir:
-        return fetch_bytes(url, fetch, tries)
+def cached(url: str, fetch: FetchPolicy, tries: int | None = None) -> Path:
+    """Shard ``url``'s copy in ``fetch.cache_dir``, fetched there first unless a copy with
+    the manifest's size is there already."""
     folder = Path(fetch.cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{shard_name(url)}"

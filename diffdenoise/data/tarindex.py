@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from diffdenoise.data import remote
+from diffdenoise.data import fetchproc, remote
 from diffdenoise.data.shards import DataError, warn_once_per_shard
 
 BLOCK = 512
@@ -53,7 +53,7 @@ class Buffer:
     """A shard fetched into memory (a remote one, with no cache folder): read like a file,
     and kept alive by the :class:`Member` objects that point into it. Once the shuffle
     buffer has used its last sample it goes, and its memory receives a later shard
-    (:func:`~diffdenoise.data.remote.recycle`)."""
+    (:func:`~diffdenoise.data.fetchproc.recycle`)."""
 
     __slots__ = ("data", "name")
 
@@ -64,8 +64,8 @@ class Buffer:
         return self.name
 
     def __del__(self):
-        if remote is not None:  # None while the interpreter shuts down: nothing to reuse
-            remote.recycle(self.data)
+        if fetchproc is not None:  # None while the interpreter shuts down: nothing to reuse
+            fetchproc.recycle(self.data)
 
 
 def size_of(path) -> int:
@@ -215,7 +215,7 @@ class ShardsUnreachable(DataError):
 
 def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exception | None]]:
     """``(url, local file or Buffer, error)`` for each URL in order. Remote ones are
-    fetched ahead (:func:`~diffdenoise.data.remote.fetch_shard`), several at once, while
+    fetched ahead (:func:`~diffdenoise.data.fetchproc.fetch_shard`), several at once, while
     the ones before them are read: up to :data:`~diffdenoise.data.remote.IN_FLIGHT`
     requests and the policy's ``read_ahead_mb`` of shards, so a store's latency hides
     behind reading. After a shard fails all its tries, the next ones get one try each
@@ -233,7 +233,7 @@ def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exc
                 return
             job = None
             if remote.is_remote(url):
-                job = pool.submit(remote.fetch_shard, url, 1 if failing[0] else None)
+                job = pool.submit(fetchproc.fetch_shard, url, 1 if failing[0] else None)
             queue.append((url, job))
 
     try:
