@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -51,6 +52,11 @@ def wait_until(condition, seconds=5.0) -> bool:
     return True
 
 
+def fetch(url: str) -> memoryview:
+    """Shard ``url`` fetched as a loader fetches it, waited for."""
+    return fetchproc.submit(ThreadPoolExecutor(1), url).result(timeout=60)
+
+
 def ended(pid: int) -> bool:
     """Whether process ``pid`` has exited (gone, or a zombie that its new parent has not
     reaped yet)."""
@@ -63,7 +69,7 @@ def ended(pid: int) -> bool:
 
 def test_a_shard_from_the_helper_reads_as_its_local_file(shards, served):
     _, urls = served
-    view = fetchproc.fetch_shard(urls[0])
+    view = fetch(urls[0])
     assert view.readonly and bytes(view) == shards[0].read_bytes()
     fetched = [audio.Encoded(audio.member(s)).read(keep_int16=True)
                for s in tarindex.samples(tarindex.Buffer(view, urls[0]))]  # fmt: skip
@@ -76,17 +82,17 @@ def test_a_shard_from_the_helper_reads_as_its_local_file(shards, served):
 def test_memory_is_received_into_again_only_once_no_crop_views_it(shards, served):
     _, urls = served
     helper = fetchproc._helper()
-    first = tarindex.Buffer(fetchproc.fetch_shard(urls[0]), urls[0])
+    first = tarindex.Buffer(fetch(urls[0]), urls[0])
     crop = np.frombuffer(audio.member(next(tarindex.samples(first)))[:4000], np.uint8)
     kept = crop.copy()
     del first  # the shard is read, but the crop still views its memory
-    second = fetchproc.fetch_shard(urls[1])
+    second = fetch(urls[1])
     assert len(helper.maps) == 2  # so the second shard was received elsewhere
     assert np.array_equal(crop, kept) and bytes(second) == shards[1].read_bytes()
 
     del crop, second  # now nothing views either: both files go back to the helper
     time.sleep(0.2)  # the helper takes the messages back before the next request
-    third = fetchproc.fetch_shard(urls[0])
+    third = fetch(urls[0])
     assert len(helper.maps) == 2  # received into a file already mapped, not a new one
     assert bytes(third) == shards[0].read_bytes()
 
@@ -95,7 +101,7 @@ def test_idle_memory_beyond_the_read_ahead_is_let_go_on_both_sides(served, monke
     _, urls = served
     monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes=remote.policy().sizes,
                                                               read_ahead_mb=0.0))  # fmt: skip
-    view = fetchproc.fetch_shard(urls[0])
+    view = fetch(urls[0])
     helper = fetchproc._HELPER[0]
     assert len(helper.maps) == 1
     del view
@@ -107,38 +113,65 @@ def test_a_truncated_download_and_a_404_fail_one_try_in_one_line(shards, served)
     server.truncated.add(shards[0].name)
     size = shards[0].stat().st_size
     with pytest.raises(remote.FetchError, match=f"truncated download, {size // 2} of {size}"):
-        fetchproc.fetch_shard(urls[0])
+        fetch(urls[0])
+    remote.configure(remote.FetchPolicy(sizes=remote.policy().sizes, read_ahead_mb=0.0))
+    with pytest.raises(remote.FetchError, match="truncated download"):
+        fetch(urls[0])  # its memory, never sent here, let go at once
     with pytest.raises(remote.FetchError, match="HTTP 404") as missing:
-        fetchproc.fetch_shard(f"{server.url}/train-999999.tar")
+        fetch(f"{server.url}/train-999999.tar")
     assert not missing.value.transient
-    assert bytes(fetchproc.fetch_shard(urls[1])) == shards[1].read_bytes()  # the helper lives
+    assert bytes(fetch(urls[1])) == shards[1].read_bytes()  # the helper lives
 
 
-def test_a_killed_helper_fails_its_fetch_as_transient_and_the_next_starts_another(shards, served):
+def test_what_a_killed_helper_had_not_answered_goes_to_another_once(shards, served):
     server, urls = served
     server.latency = 1.0  # the fetch is in flight when the helper dies
-    helper = fetchproc._helper()
-    threading.Timer(0.3, os.kill, (helper.process.pid, signal.SIGKILL)).start()
+    first = fetchproc._helper()
+    threading.Timer(0.3, os.kill, (first.process.pid, signal.SIGKILL)).start()
+    assert bytes(fetch(urls[0])) == shards[0].read_bytes()
+    second = fetchproc._HELPER[0]
+    assert second is not first and first.process.wait() == -signal.SIGKILL
+
+    def kill_twice():  # the first helper, then the one the request went to next
+        time.sleep(0.3)
+        os.kill(second.process.pid, signal.SIGKILL)
+        assert wait_until(lambda: fetchproc._HELPER[0] is not second)
+        time.sleep(0.3)
+        os.kill(fetchproc._HELPER[0].process.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_twice).start()
     with pytest.raises(remote.FetchError, match="the fetch process has exited") as lost:
-        fetchproc.fetch_shard(urls[0])
-    assert lost.value.transient
+        fetch(urls[0])
+    assert lost.value.transient  # the loader skips the shard with a warning, and goes on
     server.latency = 0.0
-    assert bytes(fetchproc.fetch_shard(urls[0])) == shards[0].read_bytes()
-    assert fetchproc._HELPER[0] is not helper
+    assert bytes(fetch(urls[1])) == shards[1].read_bytes()
+
+
+def test_retries_in_the_helper_are_counted_in_the_worker(shards, served):
+    server, urls = served
+    remote.configure(remote.FetchPolicy(sizes=remote.policy().sizes, retries=3))
+    remote.take_retries()
+    server.failures[shards[0].name] = 2
+    assert bytes(fetch(urls[0])) == shards[0].read_bytes()
+    assert remote.take_retries() == 2 and server.requests[shards[0].name] == 3
+    server.failures[shards[0].name] = 9
+    with pytest.raises(remote.FetchError, match="HTTP 503"):
+        fetch(urls[0])
+    assert remote.take_retries() == 3
 
 
 def test_the_helper_ignores_ctrl_c_and_ends_with_its_worker(served):
     _, urls = served
-    assert bytes(fetchproc.fetch_shard(urls[0]))
+    assert bytes(fetch(urls[0]))
     helper = fetchproc._HELPER[0]
     assert os.getsid(helper.process.pid) != os.getsid(0)  # a terminal's Ctrl-C misses it
     os.kill(helper.process.pid, signal.SIGINT)  # and one sent to it is ignored
-    assert bytes(fetchproc.fetch_shard(urls[1]))
+    assert bytes(fetch(urls[1]))
     assert fetchproc._HELPER[0] is helper
     code = (
         "import sys; from diffdenoise.data import fetchproc, remote; "
-        "remote.configure(remote.FetchPolicy(retries=0)); "
-        "fetchproc.fetch_shard(sys.argv[1]); print(fetchproc._HELPER[0].process.pid)"
+        "remote.configure(remote.FetchPolicy(retries=0)); fetchproc.submit(None, sys.argv[1])"
+        ".result(); print(fetchproc._HELPER[0].process.pid)"
     )
     worker = subprocess.run([sys.executable, "-c", code, urls[0]], capture_output=True,
                             text=True, check=True)  # fmt: skip

@@ -37,9 +37,9 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 from diffdenoise.data import remote
 
@@ -47,19 +47,17 @@ AVAILABLE = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
 MESSAGE = 1 << 16  # bytes of one request or reply at most (a URL and a few numbers)
 
 
-def fetch_shard(url: str, tries: int | None = None) -> Path | memoryview:
-    """Shard ``url``: its copy in ``data.cache_dir`` (:func:`~diffdenoise.data.remote.cached`),
-    or with no cache folder its bytes, received by this process's helper where one can run."""
+def submit(pool: ThreadPoolExecutor, url: str, tries: int | None = None) -> Future:
+    """Start fetching shard ``url``: a future of its copy in ``data.cache_dir``
+    (:func:`~diffdenoise.data.remote.cached`), or with no cache folder of its bytes,
+    received by this process's helper where one can run (no thread here waits for it),
+    else by one of ``pool``'s threads."""
     fetch = remote.policy()
     if fetch.cache_dir:
-        return remote.cached(url, fetch, tries)
+        return pool.submit(remote.cached, url, fetch, tries)
     if not AVAILABLE:
-        return remote.fetch_bytes(url, fetch, tries)
-
-    def attempt():
-        return _helper().fetch(url, fetch)
-
-    return remote.retrying(url, fetch, tries, attempt)
+        return pool.submit(remote.fetch_bytes, url, fetch, tries)
+    return _helper().submit(url, fetch, tries)
 
 
 class Helper:
@@ -75,24 +73,38 @@ class Helper:
                 start_new_session=True,  # a terminal's Ctrl-C is the worker's, not the helper's
             )  # fmt: skip
         self.sock, self.lock, self.count = mine, threading.Lock(), 0
-        self.pending: dict[int, Future] = {}
+        self.pending: dict[int, tuple[dict, Future]] = {}
         self.maps: dict[int, mmap.mmap] = {}  # the helper's memory files, mapped here
         self.alive = True
         threading.Thread(target=self._replies, name="fetchproc-replies", daemon=True).start()
 
-    def fetch(self, url: str, fetch: remote.FetchPolicy) -> memoryview:
-        """One try of ``url``: a read-only view of its bytes, or :class:`FetchError`."""
+    def submit(self, url: str, fetch: remote.FetchPolicy, tries: int | None) -> Future:
+        """A future of ``url``'s bytes (a read-only view), or of its
+        :class:`~diffdenoise.data.remote.FetchError` once the helper's tries are spent."""
+        request = {"url": url, "expected": fetch.sizes.get(url), "tries": tries,
+                   "keep": fetch.read_ahead_mb * 1e6, "retries": fetch.retries,
+                   "timeout_s": fetch.timeout_s, "max_wait_s": fetch.max_wait_s}  # fmt: skip
         future: Future = Future()
+        future.set_running_or_notify_cancel()  # a reply may come after the reader moved on
+        return self._request(request, future)
+
+    def _request(self, request: dict, future: Future) -> Future:
         with self.lock:
             if not self.alive:
-                raise remote.FetchError(f"{url}: the fetch process has exited", transient=True)
+                return _helper().resend(request, future)
             self.count += 1
-            ident = self.count
-            self.pending[ident] = future
-        request = {"id": ident, "url": url, "timeout": fetch.timeout_s,
-                   "expected": fetch.sizes.get(url), "keep": fetch.read_ahead_mb * 1e6}  # fmt: skip
+            request = {**request, "id": self.count}
+            self.pending[self.count] = (request, future)
         self._send(request)
-        return future.result()
+        return future
+
+    def resend(self, request: dict, future: Future) -> Future:
+        """A request a helper that exited had not answered, made again once."""
+        if request.get("resent"):
+            message = f"{request['url']}: the fetch process has exited"
+            future.set_exception(remote.FetchError(message, transient=True))
+            return future
+        return self._request({**request, "resent": True}, future)
 
     def _send(self, message: dict) -> None:
         with contextlib.suppress(OSError):  # the helper is gone: the reply thread fails all
@@ -107,16 +119,24 @@ class Helper:
                 message, fds = b"", []
             if not message:
                 return self._lost()
-            self._settle(json.loads(message), fds)
+            try:
+                self._settle(json.loads(message), fds)
+            except Exception as err:  # a bug here: never leave a loader waiting forever
+                warnings.warn(f"fetch helper reply: {type(err).__name__}: {err}", stacklevel=1)
+                self.process.kill()
+                return self._lost()
 
     def _settle(self, reply: dict, fds: list[int]) -> None:
         """Hand a reply to the thread waiting for it (a function of its own, so that no
         frame of the reply loop keeps a shard's view, which would keep its memory)."""
         if "closed" in reply:  # an idle file the helper let go: so does this process
-            self.maps.pop(reply["closed"]).close()
+            mapping = self.maps.pop(reply["closed"], None)  # (none if never sent here)
+            if mapping is not None:
+                mapping.close()
             return
         with self.lock:
-            future = self.pending.pop(reply["id"])
+            _, future = self.pending.pop(reply["id"])
+        remote.count_retries(reply["retries"])
         if "error" in reply:
             future.set_exception(remote.FetchError(reply["error"], reply["transient"]))
         else:
@@ -150,14 +170,13 @@ class Helper:
             self._send({"free": slot})
 
     def _lost(self) -> None:
-        """The helper exited (killed, out of memory): fail what waits, as a transient
-        error; the next fetch starts another helper."""
+        """The helper exited (killed, out of memory): what it had not answered goes to
+        another helper, once."""
         with self.lock:
             self.alive = False
             waiting, self.pending = list(self.pending.values()), {}
-        for future in waiting:
-            future.set_exception(remote.FetchError("the fetch process has exited",
-                                                   transient=True))  # fmt: skip
+        for request, future in waiting:
+            _helper().resend(request, future)
 
 
 def recycle(view: memoryview) -> None:
@@ -266,23 +285,37 @@ def _give_back(sock: socket.socket, slots: Slots, slot: int, keep: float) -> Non
 
 
 def _answer(sock: socket.socket, slots: Slots, request: dict) -> None:
-    ident, url, expected = request["id"], request["url"], request["expected"]
-    slot = slots.take(max(expected or 0, remote.CHUNK - 1) + 1)  # one byte more shows a long one
+    """Fetch a shard with the worker's policy (retries and backoff here, their count in
+    the reply) and send the worker its memory file, or the error in one line."""
+    url, expected, keep = request["url"], request["expected"], request["keep"]
+    fetch = remote.FetchPolicy(request["retries"], request["timeout_s"], request["max_wait_s"])
+    tries = [0]
+
+    def attempt() -> tuple[int, int]:
+        tries[0] += 1
+        slot = slots.take(max(expected or 0, remote.CHUNK - 1) + 1)  # 1 byte more: overlong
+        try:
+            return slot, receive(url, fetch.timeout_s, expected, slots, slot)
+        except BaseException:
+            _give_back(sock, slots, slot, keep)
+            raise
+
     try:
-        size = receive(url, request["timeout"], expected, slots, slot)
+        slot, size = remote.retrying(url, fetch, request["tries"], attempt)
     except Exception as err:
-        _give_back(sock, slots, slot, request["keep"])
         message = (
             str(err)
             if isinstance(err, remote.FetchError)
             else (f"{url}: {type(err).__name__}: {err}")
         )  # a bug here: one line, not a hang
         transient = isinstance(err, remote.FetchError) and err.transient
-        sock.send(json.dumps({"id": ident, "error": message, "transient": transient}).encode())
+        reply = {"id": request["id"], "error": message, "transient": transient}
+        sock.send(json.dumps({**reply, "retries": tries[0] - 1}).encode())
         return
     fd, memory = slots.lent[slot]
     shard = {"size": size, "slot": slot, "capacity": len(memory)}
-    socket.send_fds(sock, [json.dumps({"id": ident, "shard": shard}).encode()], [fd])
+    reply = {"id": request["id"], "shard": shard, "retries": tries[0] - 1}
+    socket.send_fds(sock, [json.dumps(reply).encode()], [fd])
 
 
 def serve(sock: socket.socket) -> None:

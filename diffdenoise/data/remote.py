@@ -88,6 +88,11 @@ def expected_size(url: str) -> int:
     return _POLICY.sizes.get(url, 64_000_000) if is_remote(url) else 0
 
 
+def count_retries(count: int) -> None:
+    """Add ``count`` retries made for this process (by its fetch helper)."""
+    _RETRIES[0] += count
+
+
 def take_retries() -> int:
     """Retries made by this process since the last call."""
     count, _RETRIES[0] = _RETRIES[0], 0

@@ -215,7 +215,7 @@ class ShardsUnreachable(DataError):
 
 def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exception | None]]:
     """``(url, local file or Buffer, error)`` for each URL in order. Remote ones are
-    fetched ahead (:func:`~diffdenoise.data.fetchproc.fetch_shard`), several at once, while
+    fetched ahead (:func:`~diffdenoise.data.fetchproc.submit`), several at once, while
     the ones before them are read: up to :data:`~diffdenoise.data.remote.IN_FLIGHT`
     requests and the policy's ``read_ahead_mb`` of shards, so a store's latency hides
     behind reading. After a shard fails all its tries, the next ones get one try each
@@ -233,7 +233,7 @@ def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exc
                 return
             job = None
             if remote.is_remote(url):
-                job = pool.submit(fetchproc.fetch_shard, url, 1 if failing[0] else None)
+                job = fetchproc.submit(pool, url, 1 if failing[0] else None)
             queue.append((url, job))
 
     try:
