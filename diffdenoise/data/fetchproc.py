@@ -20,8 +20,8 @@ no crop views its bytes any more, the helper is told, and receives a later shard
 same pages, keeping at most ``data.read_ahead_mb`` of them idle.
 
 The helper ends when its worker does (its socket closes); a terminal's Ctrl-C does not
-reach it (its own session), so the worker alone decides what an interrupt means. Where
-it cannot run (no ``memfd_create``: not Linux), shards are fetched in the worker as
+reach it (its own process group), so the worker alone decides what an interrupt means.
+Where it cannot run (no ``memfd_create``: not Linux), shards are fetched in the worker as
 before (:func:`~diffdenoise.data.remote.fetch_bytes`).
 """
 
@@ -45,6 +45,10 @@ from diffdenoise.data import remote
 
 AVAILABLE = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
 MESSAGE = 1 << 16  # bytes of one request or reply at most (a URL and a few numbers)
+# A process group of its own, so that a terminal's Ctrl-C (sent to the foreground group) is
+# the worker's alone; but the worker's session, since Linux shares the CPU between sessions
+# first: a session of its own would weigh the helper as much as the whole training run.
+_OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
 
 
 def submit(pool: ThreadPoolExecutor, url: str, tries: int | None = None) -> Future:
@@ -70,7 +74,7 @@ class Helper:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "diffdenoise.data.fetchproc", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C is the worker's, not the helper's
+                **_OWN_GROUP,
             )  # fmt: skip
         self.sock, self.lock, self.count = mine, threading.Lock(), 0
         self.pending: dict[int, tuple[dict, Future]] = {}
