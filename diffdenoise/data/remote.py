@@ -37,7 +37,7 @@ from diffdenoise.data import cloud
 from diffdenoise.data.recvpool import POOL
 
 REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
-IN_FLIGHT = 16  # remote shards one loader worker fetches at once, at most
+IN_FLIGHT = 32  # remote shards a loader worker fetches at once (why: docs/experiments.md)
 CHUNK = 1 << 20
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
