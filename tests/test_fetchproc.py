@@ -180,3 +180,13 @@ def test_the_helper_ignores_ctrl_c_and_ends_with_its_worker(served):
     pid = int(worker.stdout)
     assert wait_until(lambda: ended(pid))  # no orphan left behind
     assert worker.stderr == ""
+
+
+def test_where_no_helper_can_run_the_workers_threads_fetch_the_same_bytes(
+    shards, served, monkeypatch
+):
+    _, urls = served
+    monkeypatch.setattr(fetchproc, "AVAILABLE", False)
+    view = fetch(urls[0])
+    assert isinstance(view.obj, bytearray) and bytes(view) == shards[0].read_bytes()
+    assert fetchproc._HELPER[0] is None  # no helper was started
