@@ -164,10 +164,12 @@ class Helper:
                 mapping = self.maps[slot] = mmap.mmap(fd, capacity)
         finally:
             os.close(fd)
-        shard = (ctypes.c_char * size).from_buffer(mapping)
+        # The array spans the whole file: ctypes keeps every array type it makes, and a
+        # file's capacity takes few values where shard sizes take one per shard.
+        shard = (ctypes.c_char * len(mapping)).from_buffer(mapping)
         done = weakref.finalize(shard, self._free, slot, os.getpid())
         done.atexit = False  # at exit the helper goes too
-        return memoryview(shard).cast("B").toreadonly()
+        return memoryview(shard).cast("B")[:size].toreadonly()
 
     def _free(self, slot: int, pid: int) -> None:
         if os.getpid() == pid:  # a forked child's copy is not the helper's to free
