@@ -182,6 +182,24 @@ def test_the_helper_ignores_ctrl_c_and_ends_with_its_worker(served):
     assert worker.stderr == ""
 
 
+def thread_nices(pid: int) -> set[int]:
+    """The niceness of each thread of process ``pid`` (field 19 of its ``stat``)."""
+    nices = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            nices.add(int(stat.read().rsplit(")", 1)[1].split()[16]))
+    return nices
+
+
+def test_every_thread_of_the_helper_yields_the_core_to_the_loader(served):
+    _, urls = served
+    list(fetchproc.submit(None, url) for url in urls)[-1].result(timeout=60)  # threads at work
+    helper = fetchproc._HELPER[0]
+    assert len(os.listdir(f"/proc/{helper.process.pid}/task")) > 1
+    assert thread_nices(helper.process.pid) == {fetchproc.NICE}
+    assert thread_nices(os.getpid()) == {os.nice(0)}  # the worker keeps its own
+
+
 def test_where_no_helper_can_run_the_workers_threads_fetch_the_same_bytes(
     shards, served, monkeypatch
 ):

@@ -109,9 +109,11 @@ class ShardServer:
 @contextlib.contextmanager
 def served_elsewhere(root: Path, latency: float = 0.0):
     """A :class:`ShardServer` in a child process, as a store is: its threads take no time
-    from the loader being measured. Yields its base URL."""
+    from the loader being measured (a store's CPU is not the training node's, so the
+    child runs at Linux's idle priority, on cores the loader leaves). Yields its base URL."""
     code = (
-        "import sys, time; from pathlib import Path; "
+        "import os, sys, time; from pathlib import Path; "
+        "hasattr(os, 'SCHED_IDLE') and os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
         "from diffdenoise.bench.shard_server import ShardServer; "
         "s = ShardServer(Path(sys.argv[1]), float(sys.argv[2])); print(s.url, flush=True); "
         "time.sleep(10**6)"

@@ -20,7 +20,8 @@ no crop views its bytes any more, the helper is told, and receives a later shard
 same pages, keeping at most ``data.read_ahead_mb`` of them idle.
 
 The helper ends when its worker does (its socket closes); a terminal's Ctrl-C does not
-reach it (its own process group), so the worker alone decides what an interrupt means.
+reach it (its own process group), so the worker alone decides what an interrupt means. It
+runs at nice 19: it works ahead of the loader, which must never wait for its core.
 Where it cannot run (no ``memfd_create``: not Linux), shards are fetched in the worker as
 before (:func:`~diffdenoise.data.remote.fetch_bytes`).
 """
@@ -49,6 +50,11 @@ MESSAGE = 1 << 16  # bytes of one request or reply at most (a URL and a few numb
 # the worker's alone; but the worker's session, since Linux shares the CPU between sessions
 # first: a session of its own would weigh the helper as much as the whole training run.
 _OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+# The helper's niceness: its 32 threads' wake-ups must not take the core from the loader
+# it feeds, which waits for a shard only when the helper is behind and then leaves the core
+# to it. At 19 the loader waited 0.03-0.05 s to run per 1.25 s read, against 0.06-0.11 at
+# 0, and the helper took 0.5 CPU-s against 0.7 (docs/experiments.md, 2026-12-07).
+NICE = 19
 
 
 def submit(pool: ThreadPoolExecutor, url: str, tries: int | None = None) -> Future:
@@ -329,6 +335,7 @@ def serve(sock: socket.socket) -> None:
     once, and take back the memory files it has read, until its end of the socket
     closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    os.nice(NICE - os.nice(0))  # before the pool's threads start: they inherit it
     pool, slots, keep = ThreadPoolExecutor(remote.IN_FLIGHT), Slots(), 0.0
     while True:
         try:
