@@ -132,7 +132,7 @@ def test_the_cache_fetches_each_shard_once_and_refetches_a_damaged_copy(shards, 
     epochs = ["train.max_epochs=3", "train.val_every=100000", f"data.cache_dir={cache}"]
     python_run([TRAIN, *run_args(*urls, tmp_path / "c", *epochs)])
     for name in ("train-000000.tar", "train-000001.tar", "val-000000.tar"):
-        assert server.requests[name] == 1, name  # three epochs, one fetch
+        assert server.requests[name] == 1, name  # every epoch of 200 steps, one fetch
     (copy,) = cache.glob("*-train-000000.tar")
     assert copy.stat().st_size == (shards / "train-000000.tar").stat().st_size
     with open(copy, "r+b") as f:

@@ -2,6 +2,7 @@
 
 import io
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -205,3 +206,44 @@ def test_a_fetched_pcm16_shard_is_read_without_copies_and_reused_only_when_unvie
     del crops
     assert not recvpool.in_use(memory) and bytes(memory[:512]) == path.read_bytes()[:512]
     assert remote.fetch_bytes(url).obj is memory  # now it is free to receive again
+
+
+def test_an_epoch_fetches_ahead_only_the_shards_it_can_read(tmp_path, monkeypatch):
+    """Each epoch starts its own reader: fetching ahead past what the epoch can read (its
+    batches and the shuffle buffer) fetched up to IN_FLIGHT shards per epoch and loader
+    worker that nothing read. The manifest's counts bound it; the batches stay the same."""
+    from diffdenoise.bench.shard_server import ShardServer
+    from diffdenoise.data import fetchproc
+    from diffdenoise.data.shards import manifest_stats
+
+    folder = make_shards(tmp_path, n=24, shard_mb=0.01, extra=["--max-seconds", "1"])
+    names = sorted(p.name for p in folder.glob("train-*.tar"))
+    assert len(names) >= 12
+    monkeypatch.setattr(fetchproc, "_HELPER", [None, 0])
+    mixer = data.Mixer({"gaussian": 1.0}, -5.0, 20.0, -10.0, 6.0, "random", 1000, 0)
+    with ShardServer(folder) as server:
+        urls = [f"{server.url}/{name}" for name in names]
+        stats = manifest_stats(urls)
+        monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes=stats["sizes"]))
+
+        def epoch(counts):
+            server.requests.clear()
+            stream = data.TrainStream(
+                urls, segment=4000, sample_rate=16000, batch_size=2, batches=2, mixer=mixer,
+                seed=0, rank=0, world_size=1, shuffle_buffer=3, shard_samples=counts,
+            )  # fmt: skip
+            batches = list(stream)
+            time.sleep(0.5)  # requests the reader left behind would arrive by now
+            return batches, sum(server.requests.values())
+
+        ahead, fetched_ahead = epoch(None)
+        bounded, fetched = epoch(stats["counts"])
+    order = data._crc([0, 0, 0, 0], "shards")  # (seed, epoch, rank, worker)
+    need = 2 * 2 + 3 + 1  # the batches' samples, the shuffle buffer's, one more
+    horizon = data.read_horizon(data.slot_shards(urls, 0, 0, 0, 1), order, stats["counts"], need)
+    assert fetched == horizon < fetched_ahead
+    for a, b in zip(ahead, bounded, strict=True):
+        assert a["keys"] == b["keys"] and torch.equal(a["clean"], b["clean"])
+    helper = fetchproc._HELPER[0]
+    if helper is not None:
+        helper.process.kill()

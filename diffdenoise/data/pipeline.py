@@ -147,6 +147,7 @@ class TrainStream(IterableDataset):
         shuffle_buffer: int = 256,
         epochs: int | None = 1,
         fetch: remote.FetchPolicy | None = None,
+        shard_samples: dict[str, int] | None = None,
     ):
         super().__init__()
         self.urls, self.segment, self.rate, self.batch_size = urls, segment, sample_rate, batch_size
@@ -158,7 +159,7 @@ class TrainStream(IterableDataset):
             world_size,
         )
         self.epoch, self.skip_batches, self.shuffle_buffer = epoch, skip_batches, shuffle_buffer
-        self.epochs, self.fetch = epochs, fetch
+        self.epochs, self.fetch, self.shard_samples = epochs, fetch, shard_samples
 
     def __iter__(self):
         if self.fetch is not None:  # a worker process: how to fetch remote shards
@@ -184,9 +185,13 @@ class TrainStream(IterableDataset):
         slot, slots = self.rank * nw + wid, self.world * nw
         shards = slot_shards(self.urls, self.seed, epoch, slot, slots)
         seeds = [self.seed, epoch, self.rank, wid]
+        order = _crc(seeds, "shards")
+        # The shuffle has read at most its buffer more samples than it has given out.
+        need = skip_samples + len(todo) * self.batch_size + self.shuffle_buffer + 1
+        horizon = read_horizon(shards, order, self.shard_samples, need)
         pipeline = wds.DataPipeline(
-            lambda: _cycle(shards, _crc(seeds, "shards")),
-            partial(tarindex.read_shards, give_up_after=len(set(shards))),
+            lambda: _cycle(shards, order),
+            partial(tarindex.read_shards, give_up_after=len(set(shards)), horizon=horizon),
             wds.shuffle(
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_crc(seeds, "shuffle")
             ),
@@ -229,6 +234,22 @@ class TrainStream(IterableDataset):
 
 def _crc(seeds: list[int], tag: str) -> int:
     return zlib.crc32(f"{seeds}/{tag}".encode())
+
+
+def read_horizon(shards: list[str], seed: int, counts: dict[str, int] | None,
+                 need: int) -> int | None:  # fmt: skip
+    """How many of :func:`_cycle`'s shards hold ``need`` samples by the manifest's
+    ``counts``: an epoch reads no more unless samples are damaged, so remote shards past
+    them are fetched only on demand, not ahead (ahead, each epoch of each loader worker
+    fetched up to ``IN_FLIGHT`` shards it then dropped). None where a count is unknown."""
+    if not counts or any(url not in counts for url in shards):
+        return None
+    held = 0
+    for n, source in enumerate(_cycle(shards, seed), 1):
+        held += max(1, counts[source["url"]])
+        if held >= need:
+            return n
+    return None  # unreachable: the cycle is endless
 
 
 def _cycle(shards: list[str], seed: int) -> Iterator[dict]:

@@ -64,10 +64,11 @@ def manifest_stats(urls: list[str], manifest: str = "", read=None) -> dict | Non
     """Samples, seconds and sample rate of ``urls`` from the manifest.json beside each
     shard (for a remote one: at the same location, same scheme), or from ``manifest`` (a
     path or URL) for all; ``sizes``: what the manifest lists for each remote shard, to
-    catch a truncated download. ``read(url) -> bytes`` reads a remote manifest (default:
-    :func:`~diffdenoise.data.remote.read_bytes`); None when none can be reached."""
+    catch a truncated download; ``counts``: each shard's samples. ``read(url) -> bytes``
+    reads a remote manifest (default: :func:`~diffdenoise.data.remote.read_bytes`); None
+    when none can be reached."""
     cache: dict = {}
-    samples, seconds, rates, sizes = 0, 0.0, set(), {}
+    samples, seconds, rates, sizes, counts = 0, 0.0, set(), {}, {}
     for url in urls:
         where = manifest or (remote.manifest_url(url) if remote.is_remote(url) else
                              str(Path(url).parent / "manifest.json"))  # fmt: skip
@@ -85,10 +86,11 @@ def manifest_stats(urls: list[str], manifest: str = "", read=None) -> dict | Non
         else:
             _check_size(Path(url), entry["bytes"], where)
         samples += entry["samples"]
+        counts[url] = entry["samples"]
         seconds += entry["seconds"]
         rates.add(rate)
     return {"samples": samples, "seconds": seconds, "sample_rates": sorted(rates),
-            "sizes": sizes}  # fmt: skip
+            "sizes": sizes, "counts": counts}  # fmt: skip
 
 
 def _manifest_shards(where: str, read) -> tuple[int, dict] | None:

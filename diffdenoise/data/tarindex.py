@@ -213,24 +213,29 @@ class ShardsUnreachable(DataError):
     store is down, and waiting longer would only hang the run."""
 
 
-def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exception | None]]:
+def fetched(
+    urls: Iterator[str], horizon: int | None = None
+) -> Iterator[tuple[str, str | Buffer | None, Exception | None]]:
     """``(url, local file or Buffer, error)`` for each URL in order. Remote ones are
     fetched ahead (:func:`~diffdenoise.data.fetchproc.submit`), several at once, while
     the ones before them are read: up to :data:`~diffdenoise.data.remote.IN_FLIGHT`
     requests and the policy's ``read_ahead_mb`` of shards, so a store's latency hides
-    behind reading. After a shard fails all its tries, the next ones get one try each
-    until one arrives, so a dead network stops the run in bounded time."""
+    behind reading; past the first ``horizon`` URLs (those the reader can need, where it
+    is known) only when the reader asks for one. After a shard fails all its tries, the
+    next ones get one try each until one arrives, so a dead network stops the run in
+    bounded time."""
     pool, queue, failing = ThreadPoolExecutor(remote.IN_FLIGHT), collections.deque(), [False]
-    budget, urls = remote.policy().read_ahead_mb * 1e6, iter(urls)
+    budget, urls, pulled = remote.policy().read_ahead_mb * 1e6, iter(urls), [0]
 
     def top_up():
         while len(queue) < remote.IN_FLIGHT:
             ahead = sum(remote.expected_size(u) for u, _ in queue)
-            if queue and ahead >= budget:
+            if queue and (ahead >= budget or (horizon is not None and pulled[0] >= horizon)):
                 return
             url = next(urls, None)
             if url is None:
                 return
+            pulled[0] += 1
             job = None
             if remote.is_remote(url):
                 job = fetchproc.submit(pool, url, 1 if failing[0] else None)
@@ -256,15 +261,16 @@ def fetched(urls: Iterator[str]) -> Iterator[tuple[str, str | Buffer | None, Exc
         pool.shutdown(wait=False)
 
 
-def read_shards(sources: Iterator[dict], handler=warn_once_per_shard,
-                give_up_after: int = 0) -> Iterator[dict]:  # fmt: skip
+def read_shards(sources: Iterator[dict], handler=warn_once_per_shard, give_up_after: int = 0,
+                horizon: int | None = None) -> Iterator[dict]:  # fmt: skip
     """``{"url": ...}`` -> the shards' samples, indexed from their headers and read by
-    offset. Remote shards are fetched first (:func:`fetched`); one that stays unreachable
-    is skipped with a warning from ``handler``, and ``give_up_after`` different ones
-    failing with none arriving between raise :class:`ShardsUnreachable`. Damage ends the
-    shard with one warning from ``handler``, as WebDataset's handlers do."""
+    offset. Remote shards are fetched first (:func:`fetched`, ahead up to ``horizon``);
+    one that stays unreachable is skipped with a warning from ``handler``, and
+    ``give_up_after`` different ones failing with none arriving between raise
+    :class:`ShardsUnreachable`. Damage ends the shard with one warning from ``handler``,
+    as WebDataset's handlers do."""
     failed: set[str] = set()  # the shards that failed since the last one that arrived
-    for url, path, error in fetched(source["url"] for source in sources):
+    for url, path, error in fetched((source["url"] for source in sources), horizon):
         if error is not None:
             failed.add(url)
             if give_up_after and len(failed) >= give_up_after:

@@ -116,6 +116,7 @@ def build_data(cfg, rank: int, world: int, device, acc: Accelerator | None = Non
             shuffle_buffer=cfg.data.shuffle_buffer,
             epochs=None,
             fetch=fetch,
+            shard_samples=stats.get("counts"),
         )
         return iter(data.train_loader(stream, cfg.data.num_workers, pinned))
 
