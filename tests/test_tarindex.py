@@ -247,3 +247,4 @@ def test_an_epoch_fetches_ahead_only_the_shards_it_can_read(tmp_path, monkeypatc
     helper = fetchproc._HELPER[0]
     if helper is not None:
         helper.process.kill()
+        helper.process.wait()
