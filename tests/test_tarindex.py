@@ -1,5 +1,6 @@
 """The by-offset tar reader gives WebDataset's samples and reads only what is sliced."""
 
+import contextlib
 import io
 import tarfile
 import time
@@ -221,7 +222,8 @@ def test_an_epoch_fetches_ahead_only_the_shards_it_can_read(tmp_path, monkeypatc
     assert len(names) >= 12
     monkeypatch.setattr(fetchproc, "_HELPER", [None, 0])
     mixer = data.Mixer({"gaussian": 1.0}, -5.0, 20.0, -10.0, 6.0, "random", 1000, 0)
-    with ShardServer(folder) as server:
+    with ShardServer(folder) as server, contextlib.ExitStack() as cleanup:
+        cleanup.callback(kill_helper, fetchproc)  # even when an assertion fails
         urls = [f"{server.url}/{name}" for name in names]
         stats = manifest_stats(urls)
         monkeypatch.setattr(remote, "_POLICY", remote.FetchPolicy(sizes=stats["sizes"]))
@@ -244,6 +246,10 @@ def test_an_epoch_fetches_ahead_only_the_shards_it_can_read(tmp_path, monkeypatc
     assert fetched == horizon < fetched_ahead
     for a, b in zip(ahead, bounded, strict=True):
         assert a["keys"] == b["keys"] and torch.equal(a["clean"], b["clean"])
+
+
+def kill_helper(fetchproc) -> None:
+    """This process's fetch helper, if one started, killed and reaped."""
     helper = fetchproc._HELPER[0]
     if helper is not None:
         helper.process.kill()
