@@ -99,6 +99,7 @@ def test_yaml_boolean_words_stay_strings_for_choice_keys():
             "'model.spectral.suppress_scale' is -0.5; it must be >= 0 and <= 1",
         ),
         ("noise.reverb_rt60_max=9", "'noise.reverb_rt60_max' is 9.0; it must be >= 0.05 and <= 5"),
+        ("noise.speed_perturb=0.6", "'noise.speed_perturb' is 0.6; it must be >= 0 and <= 0.5"),
         (
             "noise.reverb_rt60_min=2",
             "'noise.reverb_rt60_min' must not exceed 'noise.reverb_rt60_max'",

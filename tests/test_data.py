@@ -144,7 +144,8 @@ def test_silent_clean_crop_is_finite(tmp_path):
         assert torch.isfinite(b["noisy"]).all()
 
 
-def test_paired_shards_use_stored_noisy(tmp_path):
+@pytest.mark.parametrize("speed", [0.0, 0.2])
+def test_paired_shards_use_stored_noisy(tmp_path, speed):
     import soundfile as sf
 
     from diffdenoise.data import sharding as shard
@@ -170,8 +171,8 @@ def test_paired_shards_use_stored_noisy(tmp_path):
         ]
     )
     urls = data.expand_urls(str(tmp_path / "s/p/train-*.tar"))
-    b = next(iter(stream(urls, batch_size=2, batches=1)))
-    assert torch.allclose(b["noisy"], -b["clean"], atol=1e-4)
+    b = next(iter(stream(urls, batch_size=2, batches=1, mixer=mixer(speed_perturb=speed))))
+    assert torch.allclose(b["noisy"], -b["clean"], atol=1e-4)  # a twin played at its speed
     assert torch.isnan(b["snr"]).all()
 
 

@@ -34,6 +34,7 @@ HELP = {
     "noise.reverb_rt60_min": "shortest room reverberation time (RT60) in seconds",
     "noise.reverb_rt60_max": "longest room reverberation time in seconds",
     "noise.speech_eq_db": "random smooth EQ of the clean speech within this many dB; 0 = off",
+    "noise.speed_perturb": "speech played up to this share faster or slower (tape-like); 0 = off",
     "noise.timestep": "how the timestep t is drawn: `random` (the original) or `zero`",
     "noise.timesteps": "t is drawn from [0, timesteps)",
     "noise.infer_timestep": "t at validation and inference",

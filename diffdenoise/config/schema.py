@@ -48,6 +48,7 @@ class NoiseConfig:
     reverb_rt60_min: float = 0.2
     reverb_rt60_max: float = 1.0
     speech_eq_db: float = 0.0
+    speed_perturb: float = 0.0
     timestep: str = "random"
     timesteps: int = 1000
     infer_timestep: int = 0
@@ -239,6 +240,7 @@ RANGES = {
         ],
         SHARE,
     ),
+    "noise.speed_perturb": (0, 0.5, True, True),  # up to half again as fast, or half as fast
     **dict.fromkeys(["noise.reverb_rt60_min", "noise.reverb_rt60_max"], (*RT60_RANGE, True, True)),
     **dict.fromkeys(
         ["model.depth", "model.channels", "model.max_channels", "model.kernel_size"], AT_LEAST_1

@@ -42,6 +42,7 @@ class Mixer:
         reverb_rt60_min: float = 0.2,
         reverb_rt60_max: float = 1.0,
         speech_eq_db: float = 0.0,
+        speed_perturb: float = 0.0,
     ):
         unknown = sorted(set(weights) - set(KINDS))
         if unknown:
@@ -61,6 +62,7 @@ class Mixer:
         self.babble_talkers, self.babble_lengths = babble_talkers, babble_lengths
         self.reverb_prob, self.rt60 = reverb_prob, (reverb_rt60_min, reverb_rt60_max)
         self.speech_eq_db = speech_eq_db
+        self.speed_perturb = speed_perturb  # read by the loader: it crops the speech
 
     def plan(self, rng: np.random.Generator, n: int, stored: bool = False, train=True) -> dict:
         """One example's plan for an ``n``-sample crop; ``snr`` is inf for a clean copy.

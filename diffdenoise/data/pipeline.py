@@ -30,6 +30,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from diffdenoise.data import audio, remote, tarindex
+from diffdenoise.data import speed as speed_module
 from diffdenoise.data.mixer import Mixer, collate_plans
 from diffdenoise.data.mixing import NoiseBank, render
 from diffdenoise.data.shards import (
@@ -59,9 +60,11 @@ def slot_shards(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -
     return mine or [perm[slot % len(perm)]]
 
 
-def decode_example(sample: dict, segment: int, rng, rate: int):
+def decode_example(sample: dict, segment: int, rng, rate: int, speed: float = 0.0):
     """A crop of ``segment`` samples (zero-padded) from a sample, and its stored noisy twin:
-    int16 where the shard stores 16-bit audio (the device makes it float), else float32."""
+    int16 where the shard stores 16-bit audio (the device makes it float), else float32.
+    ``speed`` > 0 plays both up to that share faster or slower (:mod:`diffdenoise.data.speed`);
+    ``rng`` draws the speed only then, so a run without it keeps its random stream."""
     if "__bad__" in sample:  # marked by the tar reader
         raise DataError(sample["__bad__"])
     data, noisy_data = audio.member(sample), audio.member(sample, "noisy.")
@@ -71,11 +74,17 @@ def decode_example(sample: dict, segment: int, rng, rate: int):
     if encoded.rate != rate:
         key = sample["__key__"]
         raise DataError(f"sample {key} is {encoded.rate} Hz, data.sample_rate is {rate}")
-    start = int(rng.integers(0, max(encoded.frames - segment, 0) + 1)) if segment else 0
-    clean = encoded.read(start, segment or -1, keep_int16=True)
+    window, played = (
+        speed_module.draw_window(rng, segment, speed) if speed and segment else (segment, 0)
+    )
+    start = int(rng.integers(0, max(encoded.frames - window, 0) + 1)) if segment else 0
+    clean = encoded.read(start, window or -1, keep_int16=True)
     noisy = None
     if noisy_data is not None:
-        noisy = audio.Encoded(noisy_data).read(start, segment or -1, keep_int16=True)
+        noisy = audio.Encoded(noisy_data).read(start, window or -1, keep_int16=True)
+    if played:
+        clean = speed_module.played_at(clean, window, played, segment)
+        noisy = None if noisy is None else speed_module.played_at(noisy, window, played, segment)
     if segment and clean.shape[0] < segment:
         clean = np.pad(clean, (0, segment - clean.shape[0]))
         noisy = None if noisy is None else np.pad(noisy, (0, segment - noisy.shape[0]))
@@ -213,7 +222,9 @@ class TrainStream(IterableDataset):
                 continue  # resume: skip without decoding
             rng = np.random.default_rng([*seeds, position])
             try:
-                clean, stored_noisy = decode_example(sample, self.segment, rng, self.rate)
+                clean, stored_noisy = decode_example(
+                    sample, self.segment, rng, self.rate, self.mixer.speed_perturb
+                )
             except Exception as err:
                 bad += 1
                 url, key = sample.get("__url__"), sample.get("__key__")
