@@ -439,13 +439,18 @@ def test_time_budget_accumulation_precision_fallback_and_val_metric(shards, tmp_
     proc = python_run([TRAIN, *args_for(shards, tmp_path / "runs", *extra)])
     assert time.time() - start < 60
     assert "train.mixed_precision=bf16 needs a GPU here; training in fp32" in proc.stdout
-    # sized from 5 probe steps, then again from every step of warm-up, where it ends
+    # sized from 5 probe steps, again from every step of warm-up, where it ends, and again
+    # at the peak of that plan's curve
     plans = re.findall(
         r"step (\d+): time budget planned as (\d+) steps from (\d+) timed", proc.stdout
     )
-    (probe, first, five), (warm, total, timed) = [tuple(map(int, p)) for p in plans]
+    (probe, first, five), (warm, second, timed), (peak, total, at_peak) = [
+        tuple(map(int, p)) for p in plans
+    ]
     assert (probe, five) == (6, 5) and warm == round(0.05 * first) and timed == warm - 1
-    assert int(re.search(r"finished at step (\d+)", proc.stdout)[1]) <= total  # the new plan
+    warm_up = round(0.05 * second)
+    assert peak == warm_up + round(0.3 * (second - warm_up)) - 1 and at_peak == peak - 1
+    assert int(re.search(r"finished at step (\d+)", proc.stdout)[1]) <= total  # the last plan
     run_dir = run_dir_of(tmp_path / "runs")
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if "val/total" in r]

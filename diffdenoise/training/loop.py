@@ -25,7 +25,7 @@ from diffdenoise.data import remote
 from diffdenoise.training import batch_size, checkpoint, distrib
 from diffdenoise.training.builders import build_data, build_run, planned_steps
 from diffdenoise.training.run import RunDirError, prepare_run_dir, run_dir_for, unlock_run_dirs
-from diffdenoise.training.schedule import set_total_steps
+from diffdenoise.training.schedule import hold_peak, set_total_steps
 from diffdenoise.training.state import Run, TrainState
 from diffdenoise.training.step import LateFlag, LogWindow, ema_update, train_step
 from diffdenoise.training.validation import run_validation
@@ -97,7 +97,7 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
     batches = train_batches(state.step * ga)
     bar = progress_bar(acc, state, run_dir.name)
     start, base_elapsed, step_times, window = time.time(), state.elapsed, [], LogWindow()
-    replan_at = -1  # a time budget sizes its schedule again when warm-up ends
+    replan_at, plans = -1, 0  # a time budget sizes its schedule again at warm-up's end and peak
     exit_code = 0
     run.model.train()
     flags = LateFlag()
@@ -112,10 +112,10 @@ def train(cfg, run_dir: Path, resume_from: Path | None) -> int:
         parts, grad_norm = optimizer_step(run, micro, cfg, flags)
         state.elapsed = base_elapsed + time.time() - start
         step_times.append(time.time() - t0)
-        if not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1:
-            replan_at = plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
-        elif state.step == replan_at:  # a few probe steps can meet a passing load
-            plan_budget(run, cfg.train.max_minutes, step_times[1:], bar)
+        planning = not state.total_steps and len(step_times) == WARMUP_PROBE_STEPS + 1
+        if planning or state.step == replan_at:  # a few probe steps can meet a passing load
+            replan_at = plan_budget(run, cfg.train.max_minutes, step_times[1:], bar, plans)
+            plans += 1
         retries = sum(b.get("shard_retries", 0) for b in loaded)
         window.add(parts, sum(b.get("bad_samples", 0) for b in loaded), wait, retries)
         bar.update()
@@ -182,16 +182,20 @@ def optimizer_step(run: Run, micro: list[dict], cfg, flags: LateFlag):
     return parts, grad_norm
 
 
-def plan_budget(run: Run, minutes: float, step_times: list[float], bar) -> int:
-    """Size a wall-clock-budgeted schedule from the median measured step time; returns
-    the step where warm-up ends, when the schedule is sized again from every step so far
-    (before OneCycle starts, so its curve keeps its shape)."""
-    run.state.total_steps = distrib.budget_steps(run.acc, minutes, run.state, step_times)
-    set_total_steps(run.scheduler, run.state.total_steps)
-    bar.total = run.state.total_steps
-    distrib.say(run.acc, f"step {run.state.step}: time budget planned as "
-                f"{run.state.total_steps} steps from {len(step_times)} timed")  # fmt: skip
-    return run.scheduler.lr_lambdas[0].warmup
+def plan_budget(run: Run, minutes: float, step_times: list[float], bar, plans: int) -> int:
+    """Size a wall-clock-budgeted schedule from the median of the step times so far;
+    returns the step where it is sized again (-1: never). The probe steps' plan is
+    redone where warm-up ends (before OneCycle starts, so its curve keeps its shape), and
+    that one at the peak (:func:`hold_peak`): a load that passed during warm-up (another
+    job's first minute) once cut a 25-minute budget to 18."""
+    state = run.state
+    state.total_steps = distrib.budget_steps(run.acc, minutes, state, step_times)
+    (hold_peak if plans == 2 else set_total_steps)(run.scheduler, state.total_steps)
+    bar.total = state.total_steps
+    distrib.say(run.acc, f"step {state.step}: time budget planned as "
+                f"{state.total_steps} steps from {len(step_times)} timed")  # fmt: skip
+    curve = run.scheduler.lr_lambdas[0]
+    return (curve.warmup, curve.peak_step, -1)[plans]
 
 
 def stop_or_preempt(run: Run, cfg, signals: distrib.PreemptionFlag, flags: LateFlag):

@@ -28,6 +28,7 @@ class WarmupOneCycle:
     ):
         self.total, self.warmup_pct, self.pct_start = max(int(total), 1), warmup_pct, pct_start
         self.div_factor, self.final_div_factor = div_factor, final_div_factor
+        self.peak_at: int | None = None  # the ascent as run, once fixed (hold_peak)
 
     @property
     def warmup(self) -> int:
@@ -35,6 +36,8 @@ class WarmupOneCycle:
 
     @property
     def peak_step(self) -> int:
+        if self.peak_at is not None:
+            return self.peak_at
         return self.warmup + round(self.pct_start * (self.total - self.warmup)) - 1
 
     def __call__(self, step: int) -> float:
@@ -43,7 +46,7 @@ class WarmupOneCycle:
         if step < self.warmup:
             return initial * step / self.warmup
         rest = self.total - self.warmup
-        up_end = self.pct_start * rest - 1
+        up_end = self.pct_start * rest - 1 if self.peak_at is None else self.peak_at - self.warmup
         s = step - self.warmup
         if s <= up_end:
             return _cos(initial, 1.0, s / max(up_end, 1e-9))
@@ -67,3 +70,12 @@ def set_total_steps(scheduler, total_steps: int) -> None:
     """Stretch the curve to ``total_steps`` (a time budget learns its length after a few
     steps; a resumed run takes the length its config now gives)."""
     scheduler.lr_lambdas[0].total = max(int(total_steps), 1)
+
+
+def hold_peak(scheduler, total_steps: int) -> None:
+    """At the peak: keep the ascent as it ran and fit the descent to ``total_steps``. The
+    lr stays continuous (it is the peak lr for any length), where stretching the whole
+    curve there would pull it back down the ascent."""
+    curve = scheduler.lr_lambdas[0]
+    curve.peak_at = curve.peak_step
+    set_total_steps(scheduler, total_steps)
