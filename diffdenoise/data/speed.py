@@ -9,11 +9,14 @@ length; both lengths are 11-smooth, so the FFT stays fast (a prime length costs 
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 MARGIN = 256  # output samples kept on each side of the crop: the FFT's wrap-around rings there
 
 
+@cache  # asked for every training example, of a few hundred lengths per config
 def smooth_at_least(n: int) -> int:
     """The smallest 11-smooth number (a product of 2, 3, 5, 7, 11) ``>= n``."""
     while True:
