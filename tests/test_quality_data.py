@@ -237,3 +237,69 @@ def test_a_recipes_own_keys_win_over_the_loops_data_and_budget(tmp_path):
     assert cfg.model.spectral.hidden == 128
     assert cfg.data.train_shards == f"{tmp_path}/s/train-*.tar"  # the loop's where it is silent
     assert (cfg.data.sample_rate, cfg.data.segment, cfg.train.max_minutes) == (16000, 32000, 25.0)
+
+
+def dev_shares(tmp_path, runs: dict[str, Path], shares: str = "0/0,1/1") -> Path:
+    """``quality --skip-training --dev-shares`` over ``runs`` (name -> its best.pt)."""
+    import shutil
+
+    from tests.helpers import make_corpus
+
+    for name, checkpoint in runs.items():
+        (tmp_path / "runs" / f"quality-{name}").mkdir(parents=True)
+        shutil.copy(checkpoint, tmp_path / "runs" / f"quality-{name}" / "best.pt")
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for name in ("hum", "white"):
+        sf.write(
+            noise_dir / f"{name}.wav", 0.1 * np.random.default_rng(2).standard_normal(32000), 16000
+        )
+    out = tmp_path / "out"
+    code = quality.main([
+        "--clean-dir", str(make_corpus(tmp_path / "speech", n=8)), "--noise-dir", str(noise_dir),
+        "--recipes", ",".join(f"{name}=configs/tiny.yaml" for name in runs), "--skip-training",
+        "--runs", str(tmp_path / "runs"), "--work", str(tmp_path / "w"), "--out", str(out),
+        "--recorded", str(corpus(tmp_path / "rec", utterances=2)), "--dev-shares", shares,
+    ])  # fmt: skip
+    return code, out
+
+
+def test_dev_shares_scores_each_run_on_dev_at_each_share_and_nothing_on_test(tmp_path):
+    import torch
+
+    payload = torch.load(Path(__file__).parent / "data" / "premove-spectral" / "best.pt",
+                         weights_only=True)  # fmt: skip
+    payload["ema_model"]["out.bias"] += 2.0  # a learned correction: raise every gain
+    spectral = tmp_path / "corrected.pt"
+    torch.save(payload, spectral)
+    code, out = dev_shares(tmp_path, {"a": spectral, "b": spectral})
+    assert code == 0 and not (out / "quality.md").exists()  # stopped before any test item
+    lines = (out / "dev-shares.md").read_text().splitlines()
+    assert lines[0] == "## Dev languages: each run at each share (12 noisy items)"
+    assert lines[2].startswith("| run | 0/0 SI-SDR / PESQ / STOI | 1/1 SI-SDR / PESQ / STOI |")
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines[4:] if line}
+    assert set(rows) == {"| a", "| b"} and rows["| a"] == rows["| b"]  # one checkpoint twice
+    assert rows["| a"][0] != rows["| a"][1]  # the learned correction changes the output
+    assert all(cell.strip(" |") != "n/a" for cell in rows["| a"])
+
+
+def test_dev_shares_of_a_unet_run_is_a_one_line_error(trained_tiny, tmp_path, capsys):
+    code, out = dev_shares(tmp_path, {"tiny": trained_tiny})
+    assert code == 2 and not (out / "dev-shares.md").exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "applies to spectral models, not a U-Net" in err
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.5/2", "a/b", ""])
+def test_a_bad_dev_shares_value_is_a_one_line_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        quality.parse_args(["--clean-dir", "x", "--noise-dir", "y", "--recorded", "r",
+                            "--dev-shares", value])  # fmt: skip
+    assert exit_.value.code == 2
+    assert "argument --dev-shares: invalid share_pairs value" in capsys.readouterr().err
+
+
+def test_dev_shares_without_a_recorded_corpus_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--clean-dir", "x", "--noise-dir", "y", "--dev-shares", "1/1"])
+    assert "--dev-shares needs --recorded" in capsys.readouterr().err

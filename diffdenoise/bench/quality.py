@@ -30,8 +30,11 @@ from diffdenoise.bench.quality_recorded import (
     recorded_section,
     recorded_tables,
     recorded_verdicts,
+    share_pairs,
     tune_on_dev,
+    write_dev_shares,
 )
+from diffdenoise.bench.quality_runs import curves, run_info
 from diffdenoise.common.cli import entry
 from diffdenoise.config import loading as config
 from diffdenoise.data import audio, noise
@@ -251,13 +254,6 @@ def report(
     )
 
 
-def curves(run: Path) -> dict:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [(r["step"], r["train/total"]) for r in rows if "train/total" in r]
-    val = [(r["step"], r["val/total"]) for r in rows if "val/total" in r]
-    return {"train": train, "val": val}
-
-
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="python -m diffdenoise.quality", description=__doc__)
     p.add_argument("--clean-dir", type=Path, required=True, help="folder of clean speech")
@@ -292,7 +288,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--no-tune", action="store_true",
                    help="keep the main recipe's own correction share (default with --recorded: "
                    "the share tune chooses on the recorded dev languages)")  # fmt: skip
-    return p.parse_args(argv)
+    p.add_argument("--dev-shares", type=share_pairs, metavar="A/B,...",
+                   help="with --recorded: score each run on the dev languages only at these "
+                   "correction/suppress shares (an A/B), write dev-shares.md and stop")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.dev_shares and not args.recorded:
+        p.error("--dev-shares needs --recorded (the dev languages are a recorded corpus's)")
+    return args
 
 
 def steps_sections(bridges: list[str], specs: dict, all_systems: dict, out: Path):
@@ -321,21 +323,6 @@ def tuned_share(args, recorded, qd: QualityData, run: Path, denoiser):
     return chosen, lines
 
 
-def run_info(run: Path, model) -> dict:
-    """Steps, parameters, and how steady training was (gradient norms, skipped steps)."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    norms = [r["train/grad_norm"] for r in rows if "train/grad_norm" in r]
-    steps = [r["step"] for r in rows if "train/total" in r]
-    params = sum(v.numel() for v in model.parameters())
-    return {
-        "steps": steps[-1] if steps else 0,
-        "params": f"{params / 1e6:.2f} M",
-        "grad_norm_median": round(float(np.median(norms)), 3) if norms else None,
-        "grad_norm_max": round(float(np.max(norms)), 3) if norms else None,
-        "skipped_steps": max((r.get("train/skipped_steps", 0) for r in rows), default=0),
-    }
-
-
 @entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -354,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = train(list(specs.values()), args.minutes, qd, args.runs, max(1, args.parallel))
     torch.set_num_threads(2)
+    if args.dev_shares:
+        items = mixed_items(recorded.dev, qd.test_noise | recorded.noises, qd.rate, True)
+        return write_dev_shares(args.out, runs, items, args.dev_shares)
     models = {r: Denoiser.from_checkpoint(run / "best.pt", device="cpu") for r, run in runs.items()}
     main_recipe = "default" if "default" in specs else list(specs)[-1]
     share, tune_text = tuned_share(args, recorded, qd, runs[main_recipe], models[main_recipe])

@@ -4,9 +4,12 @@ targets judged on the test languages only (dev is where settings are chosen)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from diffdenoise.evaluation import evaluate, tune
+from diffdenoise.inference.denoiser import Denoiser
+from diffdenoise.training.checkpoint import CheckpointError
 
 CLEAN_TARGET_DB = 35.0
 ALL_SNR_MARGIN = {"si_sdr": 1.0, "pesq": 0.1}
@@ -61,6 +64,61 @@ def tune_on_dev(checkpoint: Path, items: list) -> tuple[tuple[float, float], lis
         "",
     ]
     return chosen, lines
+
+
+def share_pairs(text: str) -> list[tuple[float, float]]:
+    """``"0.5/0.75,1/1"`` -> ``[(0.5, 0.75), (1.0, 1.0)]`` (correction / suppress share);
+    argparse reports a ValueError as an invalid value of the flag."""
+    pairs = [tuple(float(x) for x in part.split("/")) for part in text.split(",") if part]
+    if not pairs or any(len(p) != 2 or not all(0 <= v <= 1 for v in p) for p in pairs):
+        raise ValueError(text)
+    return pairs
+
+
+def dev_shares_section(runs: dict[str, Path], items: list, shares) -> list[str]:
+    """Every run scored on the recorded dev items at each pair of ``shares``, side by side:
+    an A/B's table, where a setting is chosen (no test item is scored). Markdown lines."""
+    systems = {
+        f"{name} {a:g}/{b:g}": Denoiser.from_checkpoint(
+            run / "best.pt", device="cpu", shares={"correction_scale": a, "suppress_scale": b}
+        )
+        for name, run in runs.items()
+        for a, b in shares
+    }
+    rows = evaluate.run(items, systems)
+    noisy = evaluate.summarise([r for r in rows if r["bucket"] != "clean"])["all"]
+    clean = evaluate.summarise([r for r in rows if r["bucket"] == "clean"]).get("clean", {})
+    names = [f"{a:g}/{b:g}" for a, b in shares]
+    lines = [
+        f"## Dev languages: each run at each share ({noisy['noisy']['n']} noisy items)",
+        "",
+        "| run | " + " | ".join(f"{n} SI-SDR / PESQ / STOI" for n in names)
+        + " | " + " | ".join(f"clean in, {n}" for n in names) + " |",
+        "|---|" + "---|" * len(names) + "---:|" * len(names),
+    ]  # fmt: skip
+    for run in runs:
+        cells = [
+            " / ".join(evaluate.fmt_value(noisy[f"{run} {n}"][k], d)
+                       for k, d in (("si_sdr", 2), ("pesq", 3), ("stoi", 3)))
+            for n in names
+        ]  # fmt: skip
+        cells += [evaluate.fmt_value(clean.get(f"{run} {n}", {}).get("si_sdr"), 2) for n in names]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def write_dev_shares(out: Path, runs: dict[str, Path], items: list, shares) -> int:
+    """``quality --dev-shares``: :func:`dev_shares_section` into ``out/dev-shares.md`` and
+    onto the screen; an exit status (2 for a checkpoint without shares, one line)."""
+    try:
+        text = "\n".join(dev_shares_section(runs, items, shares))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (out / "dev-shares.md").write_text(text)
+    print(text)
+    print(f"written {out / 'dev-shares.md'}")
+    return 0
 
 
 def recorded_verdicts(tables: dict, main: str, share, realtime: str = "realtime"):
