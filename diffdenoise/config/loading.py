@@ -158,6 +158,11 @@ def _validate_causal(cfg: DictConfig) -> None:
         raise ConfigError(
             "'model.spectral.local_channels' reads frames ahead; set it to 0 with model.causal"
         )
+    if model.spectral.deep_filter_taps:
+        raise ConfigError(
+            "'model.spectral.deep_filter_taps' is built for the offline model only; set it to "
+            "0 with model.causal"
+        )
     if model.spectral.bidirectional:
         raise ConfigError(
             "'model.spectral.bidirectional' reads the whole segment; set it to false with "

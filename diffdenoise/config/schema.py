@@ -71,6 +71,7 @@ class SpectralConfig:
     prior_tracking: float = 0.0
     anchor_weight: float = 0.0
     bidirectional: bool = False
+    deep_filter_taps: int = 0
 
 
 @dataclass
@@ -256,6 +257,7 @@ RANGES = {
     "model.spectral.noise_window_s": POSITIVE,
     "model.spectral.quiet_window_s": AT_LEAST_0,
     "model.spectral.local_channels": AT_LEAST_0,
+    "model.spectral.deep_filter_taps": AT_LEAST_0,
     **dict.fromkeys(["model.spectral.correction_scale", "model.spectral.suppress_scale"], SHARE),
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
     "model.spectral.prior_tracking": (0, 1, True, True),  # share of minimum statistics

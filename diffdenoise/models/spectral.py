@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from diffdenoise.models import kernels
 from diffdenoise.models.blocks import check_input, sinusoidal_embedding
+from diffdenoise.models.deepfilter import DeepFilter
 
 # Minimum statistics: the minimum of a smoothed periodogram underestimates the mean noise
 # power; this factor brings it back for stationary noise (measured on white noise with the
@@ -218,6 +219,7 @@ class SpectralMaskModel(nn.Module):
         prior_tracking: float = 0.0,
         anchor_weight: float = 0.0,
         bidirectional: bool = False,
+        deep_filter_taps: int = 0,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -242,6 +244,11 @@ class SpectralMaskModel(nn.Module):
         self.time_mlp = film_mlp(time_dim, hidden)
         self.out = correction_head(hidden * directions, self.bins)
         self.local = local_head(feats, local_channels) if local_channels else None
+        self.deep_filter = (
+            DeepFilter(feats, deep_filter_taps, sample_rate, self.n_fft, self.hop)
+            if deep_filter_taps
+            else None
+        )
 
     def stft(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> complex ``(batch, freq, frames)``."""
@@ -252,6 +259,11 @@ class SpectralMaskModel(nn.Module):
     def gain(self, spec: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         """Gain in ``[0, 1]`` for a complex ``(batch, freq, frames)`` spectrum (a bridge
         model: the state's, with the noisy input's spectrum ``cond``)."""
+        return self.gain_and_features(spec, t, cond)[0]
+
+    def gain_and_features(self, spec: torch.Tensor, t: torch.Tensor, cond=None):
+        """:meth:`gain`, and the per-bin features it read, ``(batch, features, freq,
+        frames)``."""
         power = spec.real.square() + spec.imag.square()
         classical, log_snr = wiener_gain(power, self.window_frames, self.prior_tracking)
         log_power = torch.log(power + 1e-10)
@@ -265,10 +277,21 @@ class SpectralMaskModel(nn.Module):
         scale, shift = self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
         h, _ = self.rnn(h * (1 + scale) + shift)  # (batch, frames, hidden x directions)
         correction = self.out(h).transpose(1, 2)  # (batch, freq, frames)
+        stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
         if self.local is not None:
-            stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
             correction = correction + self.local(stacked)[:, 0]
-        return corrected_gain(self, correction, classical)
+        return corrected_gain(self, correction, classical), stacked
+
+    def enhanced(self, spec: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """The denoised complex ``(batch, freq, frames)`` spectrum: the gain on the noisy
+        phase, plus the deep filter's addition where there is one (at inference, its
+        ``correction_scale`` share, as of the gain's correction)."""
+        gain, stacked = self.gain_and_features(spec, t, cond)
+        out = spec * gain
+        if self.deep_filter is not None:
+            share = 1.0 if self.training else self.correction_scale
+            out = out + share * self.deep_filter(spec, gain, stacked)
+        return out
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond=None) -> torch.Tensor:
         """``(batch, 1, time)`` noisy waveform -> ``(batch, 1, time)`` denoised waveform. A
@@ -281,7 +304,7 @@ class SpectralMaskModel(nn.Module):
         spec = self.stft(wave)
         cond_spec = None if cond is None else self.stft(pad_to(cond[:, 0].float(), self.n_fft))
         out = torch.istft(
-            spec * self.gain(spec, t, cond_spec), self.n_fft, self.hop, window=self.window,
+            self.enhanced(spec, t, cond_spec), self.n_fft, self.hop, window=self.window,
             length=wave.shape[-1],
         )  # fmt: skip
         return out[:, None, :length].to(x.dtype)
