@@ -116,6 +116,16 @@ def test_a_recorded_folder_without_its_parts_is_a_one_line_error(tmp_path, missi
 
 
 @pytest.mark.slow
+def two_noises(folder: Path) -> Path:
+    """``folder`` with two 2 s noise files (hum, white), one to hold out."""
+    folder.mkdir()
+    for name in ("hum", "white"):
+        sf.write(
+            folder / f"{name}.wav", 0.1 * np.random.default_rng(2).standard_normal(32000), 16000
+        )
+    return folder
+
+
 def test_quality_scores_a_recorded_corpus_beside_its_own_split(trained_tiny, tmp_path):
     import json
     import shutil
@@ -124,12 +134,7 @@ def test_quality_scores_a_recorded_corpus_beside_its_own_split(trained_tiny, tmp
 
     runs = tmp_path / "runs"
     shutil.copytree(trained_tiny.parent, runs / "quality-tiny")
-    noise_dir = tmp_path / "noise"
-    noise_dir.mkdir()
-    for name in ("hum", "white"):
-        sf.write(
-            noise_dir / f"{name}.wav", 0.1 * np.random.default_rng(2).standard_normal(32000), 16000
-        )
+    noise_dir = two_noises(tmp_path / "noise")
     out = tmp_path / "out"
     quality.main([
         "--clean-dir", str(make_corpus(tmp_path / "speech", n=8)), "--noise-dir", str(noise_dir),
@@ -248,12 +253,7 @@ def dev_shares(tmp_path, runs: dict[str, Path], shares: str = "0/0,1/1") -> Path
     for name, checkpoint in runs.items():
         (tmp_path / "runs" / f"quality-{name}").mkdir(parents=True)
         shutil.copy(checkpoint, tmp_path / "runs" / f"quality-{name}" / "best.pt")
-    noise_dir = tmp_path / "noise"
-    noise_dir.mkdir()
-    for name in ("hum", "white"):
-        sf.write(
-            noise_dir / f"{name}.wav", 0.1 * np.random.default_rng(2).standard_normal(32000), 16000
-        )
+    noise_dir = two_noises(tmp_path / "noise")
     out = tmp_path / "out"
     code = quality.main([
         "--clean-dir", str(make_corpus(tmp_path / "speech", n=8)), "--noise-dir", str(noise_dir),
