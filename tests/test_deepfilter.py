@@ -67,3 +67,12 @@ def test_the_inference_share_scales_the_filter_and_training_applies_all_of_it():
                                    atol=1e-6)  # fmt: skip
         none.train()
         assert not torch.allclose(none(x), model(correction_scale=0.0).train()(x))
+
+
+def test_the_filter_runs_under_bf16_autocast_as_training_on_a_gpu_does():
+    m = perturbed(model(deep_filter_taps=2))
+    x = torch.randn(2, 1, 8000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().square().mean().backward()
+    assert y.shape == x.shape and m.deep_filter.net[0].weight.grad.abs().sum() > 0

@@ -90,7 +90,8 @@ class DeepFilter(nn.Module):
         inputs = torch.cat(
             [feats[:, :, :low], gain_low[:, None], relative_phase(spec_low, past)], 1
         )
-        coeffs = torch.tanh(self.net(inputs))  # (batch, 2 * taps, low, frames)
+        # (batch, 2 * taps, low, frames); in fp32, as complex tensors have no bf16 form
+        coeffs = torch.tanh(self.net(inputs)).float()
         added = sum(
             torch.complex(coeffs[:, 2 * k], coeffs[:, 2 * k + 1]) * frame
             for k, frame in enumerate(past)
