@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from diffdenoise.evaluation import evaluate, tune
-from diffdenoise.inference.denoiser import Denoiser
 from diffdenoise.training.checkpoint import CheckpointError
 
 CLEAN_TARGET_DB = 35.0
@@ -78,13 +77,9 @@ def share_pairs(text: str) -> list[tuple[float, float]]:
 def dev_shares_section(runs: dict[str, Path], items: list, shares) -> list[str]:
     """Every run scored on the recorded dev items at each pair of ``shares``, side by side:
     an A/B's table, where a setting is chosen (no test item is scored). Markdown lines."""
-    systems = {
-        f"{name} {a:g}/{b:g}": Denoiser.from_checkpoint(
-            run / "best.pt", device="cpu", shares={"correction_scale": a, "suppress_scale": b}
-        )
-        for name, run in runs.items()
-        for a, b in shares
-    }
+    systems = {}
+    for name, run in runs.items():
+        systems |= tune.systems_of(str(run / "best.pt"), shares, prefix=f"{name} ")
     rows = evaluate.run(items, systems)
     noisy = evaluate.summarise([r for r in rows if r["bucket"] != "clean"])["all"]
     clean = evaluate.summarise([r for r in rows if r["bucket"] == "clean"]).get("clean", {})

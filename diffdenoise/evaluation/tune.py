@@ -80,12 +80,13 @@ def output_path(args) -> Path:
     return out
 
 
-def systems_of(path: str) -> dict:
-    """One denoiser per pair of :data:`GRID`, named ``keep/suppress``."""
+def systems_of(path: str, pairs=GRID, prefix: str = "") -> dict:
+    """One denoiser per ``(keep, suppress)`` pair (default :data:`GRID`), named
+    ``prefix + "keep/suppress"``."""
     systems = {}
-    for keep, suppress in GRID:
+    for keep, suppress in pairs:
         shares = {"correction_scale": keep, "suppress_scale": suppress}
-        systems[f"{keep:g}/{suppress:g}"] = Denoiser.from_checkpoint(
+        systems[f"{prefix}{keep:g}/{suppress:g}"] = Denoiser.from_checkpoint(
             path, device="cpu", shares=shares
         )
     return systems
