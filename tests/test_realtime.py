@@ -134,6 +134,7 @@ def test_realtime_config_meets_the_latency_target_and_builds_the_causal_model():
         (["model.spectral.local_channels=8"], "'model.spectral.local_channels' reads frames"),
         (["model.spectral.bidirectional=true"], "'model.spectral.bidirectional' reads the whole"),
         (["model.spectral.deep_filter_taps=2"], "'model.spectral.deep_filter_taps' is built for"),
+        (["model.spectral.input_bands=32"], "'model.spectral.input_bands' is built for the"),
         (["model.lookahead_ms=8"], r"'model.lookahead_ms' is 8, 1 frame\(s\); it must be fewer"),
         (["model.lookahead_ms=-1"], "'model.lookahead_ms' is -1.0; it must be >= 0"),
     ],

@@ -50,6 +50,8 @@ HELP = {
     "model.spectral.prior": "start from the Wiener gain (false: from 0.5)",
     "model.spectral.local_channels": "channels of a 2-D conv head shared across bins; 0 = off",
     "model.spectral.deep_filter_taps": "complex filter over past frames per bin < 5 kHz; 0 = off",
+    "model.spectral.input_bands": "the network reads its features pooled into this many ERB "
+    "bands; 0 = every bin",
     "model.spectral.bidirectional": "the GRU also reads the segment backwards (offline only)",
     "model.spectral.correction_scale": "share of the learned correction applied at inference",
     "model.spectral.anchor_weight": "training penalty on the squared correction: pulls the gain "

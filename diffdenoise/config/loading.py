@@ -163,6 +163,11 @@ def _validate_causal(cfg: DictConfig) -> None:
             "'model.spectral.deep_filter_taps' is built for the offline model only; set it to "
             "0 with model.causal"
         )
+    if model.spectral.input_bands:
+        raise ConfigError(
+            "'model.spectral.input_bands' is built for the offline model only; set it to 0 "
+            "with model.causal"
+        )
     if model.spectral.bidirectional:
         raise ConfigError(
             "'model.spectral.bidirectional' reads the whole segment; set it to false with "

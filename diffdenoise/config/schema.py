@@ -72,6 +72,7 @@ class SpectralConfig:
     anchor_weight: float = 0.0
     bidirectional: bool = False
     deep_filter_taps: int = 0
+    input_bands: int = 0
 
 
 @dataclass
@@ -258,6 +259,7 @@ RANGES = {
     "model.spectral.quiet_window_s": AT_LEAST_0,
     "model.spectral.local_channels": AT_LEAST_0,
     "model.spectral.deep_filter_taps": AT_LEAST_0,
+    "model.spectral.input_bands": AT_LEAST_0,
     **dict.fromkeys(["model.spectral.correction_scale", "model.spectral.suppress_scale"], SHARE),
     "model.spectral.prior_floor": (0, 0.5, True, True),  # a gain, up to -6 dB
     "model.spectral.prior_tracking": (0, 1, True, True),  # share of minimum statistics

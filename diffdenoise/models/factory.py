@@ -28,7 +28,13 @@ def build_model(cfg_model, sample_rate: int, conditioned: bool = False) -> nn.Mo
     if causal:
         # Offline-only keys (the config refuses them with model.causal): its prior already
         # follows the noise over a trailing window, and it cannot read ahead.
-        offline = ("local_channels", "prior_tracking", "bidirectional", "deep_filter_taps")
+        offline = (
+            "local_channels",
+            "prior_tracking",
+            "bidirectional",
+            "deep_filter_taps",
+            "input_bands",
+        )
         spectral = {k: v for k, v in dict(spectral).items() if k not in offline}
         model = CausalSpectralModel(
             sample_rate, time_dim=kwargs["time_dim"], lookahead_ms=lookahead_ms, **spectral

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffdenoise.models import kernels
+from diffdenoise.models.bands import band_matrix, pool_bands
 from diffdenoise.models.blocks import check_input, sinusoidal_embedding
 from diffdenoise.models.deepfilter import DeepFilter
 
@@ -220,6 +221,7 @@ class SpectralMaskModel(nn.Module):
         anchor_weight: float = 0.0,
         bidirectional: bool = False,
         deep_filter_taps: int = 0,
+        input_bands: int = 0,
         time_dim: int = 64,
         conditioned: bool = False,
     ):
@@ -235,7 +237,11 @@ class SpectralMaskModel(nn.Module):
         self.suppress_scale, self.anchor_weight = suppress_scale, anchor_weight
         self.prior_tracking = prior_tracking
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.inp = nn.Conv1d(feats * self.bins, hidden, context_frames, padding=context_frames // 2)
+        # The network may read its features pooled into ERB bands (0: every bin).
+        bands = band_matrix(self.bins, sample_rate, input_bands) if input_bands else None
+        self.register_buffer("bands", bands, persistent=False)
+        width = self.bins if bands is None else bands.shape[0]
+        self.inp = nn.Conv1d(feats * width, hidden, context_frames, padding=context_frames // 2)
         # Offline, the GRU may also read the segment backwards: a frame's gain then knows
         # what follows it (a word's end, the noise after it), as the prior's window does.
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True,
@@ -273,11 +279,12 @@ class SpectralMaskModel(nn.Module):
         offset = logs[-1].mean(dim=(1, 2), keepdim=True)
         logs = [x - offset for x in logs]
         feats = torch.cat([logs[0], log_snr.clamp(-10, 20), classical, *logs[1:]], dim=1)
-        h = F.leaky_relu(self.inp(feats), 0.2).transpose(1, 2)  # (batch, frames, hidden)
+        stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
+        read = feats if self.bands is None else pool_bands(stacked, self.bands)
+        h = F.leaky_relu(self.inp(read), 0.2).transpose(1, 2)  # (batch, frames, hidden)
         scale, shift = self.time_mlp(sinusoidal_embedding(t, self.time_dim))[:, None].chunk(2, -1)
         h, _ = self.rnn(h * (1 + scale) + shift)  # (batch, frames, hidden x directions)
         correction = self.out(h).transpose(1, 2)  # (batch, freq, frames)
-        stacked = feats.view(feats.shape[0], -1, self.bins, feats.shape[-1])
         if self.local is not None:
             correction = correction + self.local(stacked)[:, 0]
         return corrected_gain(self, correction, classical), stacked
