@@ -196,9 +196,10 @@ def pad_to(wave: torch.Tensor, length: int) -> torch.Tensor:
 class SpectralMaskModel(nn.Module):
     """Noisy STFT -> per-frame features -> temporal conv + GRU -> gain correction -> iSTFT.
 
-    Per frame the network sees four vectors over all bins: the log spectrum (minus the
-    segment's mean, so the level does not matter), the log a-posteriori SNRs against two
-    noise estimates (minimum statistics, and the quietest frames), and the classical gain.
+    Per frame the network sees four vectors over all bins (or averaged into ERB bands,
+    ``input_bands``): the log spectrum (minus the segment's mean, so the level does not
+    matter), the log a-posteriori SNRs against two noise estimates (minimum statistics, and
+    the quietest frames), and the classical gain.
     The diffusion timestep enters through the sinusoidal embedding as a FiLM on the hidden
     state (zero-initialised, like the U-Net's).
     """
