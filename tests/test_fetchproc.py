@@ -183,11 +183,15 @@ def test_the_helper_ignores_ctrl_c_and_ends_with_its_worker(served):
 
 
 def thread_nices(pid: int) -> set[int]:
-    """The niceness of each thread of process ``pid`` (field 19 of its ``stat``)."""
+    """The niceness of each live thread of process ``pid`` (field 19 of its ``stat``); a
+    thread that ends between the listing and the read is not counted."""
     nices = set()
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/stat") as stat:
-            nices.add(int(stat.read().rsplit(")", 1)[1].split()[16]))
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                nices.add(int(stat.read().rsplit(")", 1)[1].split()[16]))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended (a loader's short-lived thread)
     return nices
 
 
