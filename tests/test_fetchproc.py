@@ -191,7 +191,7 @@ def thread_nices(pid: int) -> set[int]:
             with open(f"/proc/{pid}/task/{task}/stat") as stat:
                 nices.add(int(stat.read().rsplit(")", 1)[1].split()[16]))
         except (FileNotFoundError, ProcessLookupError):
-            continue  # the thread ended (a loader's short-lived thread)
+            continue  # a short-lived thread that ended meanwhile
     return nices
 
 
